@@ -1,0 +1,1 @@
+"""Learner actors and the learner group: GRPO updates on window steps, weight publishing."""

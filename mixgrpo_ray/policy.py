@@ -1,0 +1,88 @@
+"""The policy interface every text-to-image flow model implements (tiny embedded model, FLUX).
+
+A policy works in its own *latent* space (any tensor shape with batch first, float32 on the
+sampling side). The rollout and the learner only ever call the methods below, so the same
+driver, actors and learner serve every model.
+
+Conventions
+-----------
+* ``cond`` is whatever :meth:`Policy.encode_prompts` returns: a ``dict[str, Tensor]`` whose
+  tensors all have the batch dimension first. :func:`cond_select` / :func:`cond_repeat` index
+  and repeat it.
+* ``sigma`` passed to :meth:`Policy.velocity` is a float32 tensor of shape ``(batch,)``.
+* :meth:`Policy.velocity` returns float32, the same shape as ``x``. Mixed precision (bf16
+  autocast) is the policy's business; all step math outside it is float32.
+* :meth:`Policy.decode` returns float32 images ``(batch, 3, H, W)`` in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+Cond = dict[str, torch.Tensor]
+
+
+class Policy(ABC):
+    """A flow-matching text-to-image model seen as an RL policy."""
+
+    #: short name used in logs and configs (e.g. ``"tiny"``, ``"flux"``)
+    name: str = "policy"
+
+    @abstractmethod
+    def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        """Text conditioning for ``prompts`` (batch-first tensors, no gradient)."""
+
+    @abstractmethod
+    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Predicted flow velocity ``v_theta(x, sigma, cond)`` (float32, shape of ``x``)."""
+
+    @abstractmethod
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(batch, 3, H, W)`` float32 in ``[0, 1]`` from final latents."""
+
+    @abstractmethod
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one latent, without the batch dimension."""
+
+    @abstractmethod
+    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
+        """Parameters the learner optimises (all of the denoiser, or LoRA adapters)."""
+
+    @abstractmethod
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights the learner publishes to rollout actors (detached CPU tensors)."""
+
+    @abstractmethod
+    def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load weights published by :meth:`trainable_state_dict`."""
+
+    def train(self, mode: bool = True) -> "Policy":
+        """Switch the trainable modules to training / eval mode (default: no-op)."""
+        return self
+
+    def to(self, device: torch.device | str) -> "Policy":
+        """Move the model to ``device`` (default: no-op)."""
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal latents ``(batch, *latent_shape())`` in float32 on CPU."""
+        return torch.randn((batch, *self.latent_shape()), generator=generator, dtype=torch.float32)
+
+
+def cond_select(cond: Cond, index: torch.Tensor | slice | Sequence[int]) -> Cond:
+    """Rows ``index`` of every tensor in ``cond``."""
+    if not isinstance(index, (slice, torch.Tensor)):
+        index = torch.as_tensor(list(index), dtype=torch.long)
+    return {k: v[index] for k, v in cond.items()}
+
+
+def cond_repeat(cond: Cond, repeats: int) -> Cond:
+    """Each row of ``cond`` repeated ``repeats`` times in place (``a a a b b b``)."""
+    return {k: v.repeat_interleave(repeats, dim=0) for k, v in cond.items()}

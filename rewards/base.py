@@ -1,0 +1,60 @@
+"""The reward-model interface shared by every reward (toy task rewards, HPS, PickScore, ...).
+
+A reward model takes a batch of images and their prompts and returns one float per image.
+Images arrive as ``(batch, 3, H, W)`` tensors, either ``uint8`` in ``[0, 255]`` or floating
+point in ``[0, 1]``; :func:`as_float01` / :func:`as_uint8` convert. Scores are float32 on CPU.
+
+A model that can fail per image (a remote judge that times out, an unparsable answer) sets
+``can_fail = True`` and returns ``NaN`` for the failed images; those are reported and
+excluded from that reward's statistics. Every other model must return finite scores.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+import torch
+
+
+class RewardModel(ABC):
+    """Scores images against prompts."""
+
+    #: the reward's name in configs, logs and metrics (``reward/<name>``)
+    name: str = "reward"
+    #: declared range of the scores ``(low, high)``; informative, not enforced
+    score_range: tuple[float, float] = (float("-inf"), float("inf"))
+    #: whether :meth:`score` may return NaN for images it failed to score
+    can_fail: bool = False
+
+    @abstractmethod
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """One float32 score per image, shape ``(batch,)``."""
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"reward {self.name!r}: images must be (batch, 3, H, W), got {tuple(images.shape)}"
+            )
+        if len(prompts) != images.shape[0]:
+            raise ValueError(
+                f"reward {self.name!r}: {images.shape[0]} images but {len(prompts)} prompts"
+            )
+        out = self.score(images, list(prompts)).detach().to("cpu", torch.float32).reshape(-1)
+        if out.shape[0] != images.shape[0]:
+            raise RuntimeError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images")
+        return out
+
+
+def as_float01(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` float32 in ``[0, 1]`` from uint8 or float images."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32) / 255.0
+    return images.to(torch.float32).clamp(0.0, 1.0)
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 from uint8 or float-in-``[0, 1]`` images (rounded)."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.to(torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)

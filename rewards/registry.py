@@ -1,0 +1,42 @@
+"""Build reward models by kind name from config options.
+
+Each entry maps a reward *kind* (what the model is) to ``"module:Class"``; the class is
+imported only when used, so a run pays only for the reward models it configures. Constructors
+take the reward's config options as keyword arguments.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from rewards.base import RewardModel
+
+REWARD_KINDS: dict[str, str] = {
+    # offline rewards of the embedded tiny task
+    "prompt_following": "rewards.toy:PromptFollowingReward",
+    "quality": "rewards.toy:QualityReward",
+    # real human-preference rewards (transformers-only implementations)
+    "hps": "rewards.hps:HPSv21Reward",
+    "pickscore": "rewards.pickscore:PickScoreReward",
+    "clip": "rewards.clip_score:CLIPScoreReward",
+    "imagereward": "rewards.imagereward:ImageRewardReward",
+    "unifiedreward": "rewards.unifiedreward:UnifiedRewardReward",
+}
+
+
+def reward_class(kind: str) -> type[RewardModel]:
+    """The class implementing reward ``kind`` (raises ``ValueError`` for an unknown kind)."""
+    try:
+        target = REWARD_KINDS[kind]
+    except KeyError:
+        raise ValueError(
+            f"unknown reward kind {kind!r}; choose one of: {', '.join(sorted(REWARD_KINDS))}"
+        ) from None
+    module_name, class_name = target.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def build_reward(kind: str, **options: Any) -> RewardModel:
+    """Instantiate reward ``kind`` with its config ``options``."""
+    return reward_class(kind)(**options)
