@@ -1,0 +1,327 @@
+"""Shared machinery of the CLIP-family rewards (HPS v2.1, PickScore, CLIP score).
+
+* :class:`ImagePreprocess` turns ``(B, 3, H, W)`` images into normalised CLIP pixel tensors with
+  torch alone (no torchvision, no PIL round trip): CLIP's shortest-edge resize + centre crop, or
+  open_clip's longest-edge resize + zero pad (HPS). Bicubic resizing reproduces PIL's: two
+  separable antialiased passes, width first, each rounded to 8-bit levels as PIL stores them.
+* :class:`ClipEmbedder` holds a transformers ``CLIPModel`` with its tokenizer and preprocessing,
+  and computes L2-normalised image and text embeddings in batches on a chosen device and dtype;
+  rewards turn the per-pair cosine into their score.
+* Small helpers: device/dtype resolution, open_clip's prompt cleaning, and loading a local folder
+  or hub id with a one-line error naming the option to fix.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rewards.base import as_float01
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None``/``"auto"``: float16 on CUDA, float32 elsewhere; else one of fp32/fp16/bf16 (any spelling)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16 or auto") from None
+
+
+def clean_prompt_open_clip(text: str) -> str:
+    """open_clip's prompt cleaning before BPE: ftfy fixes (when ``ftfy`` is installed), HTML
+    unescaping twice, whitespace runs collapsed to one space, stripped. (Lower-casing is done by
+    the CLIP tokenizer's normaliser.) Without ftfy, mojibake in prompts is left as is."""
+    try:
+        import ftfy  # optional: open_clip depends on it, this project does not
+    except ImportError:
+        pass
+    else:
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def resize_bicubic_like_pil(images: torch.Tensor, size: tuple[int, int], quantize: bool = True) -> torch.Tensor:
+    """Bicubic antialiased resize of float ``(B, C, H, W)`` images in ``[0, 255]`` to ``size=(h, w)``.
+
+    With ``quantize`` it mirrors PIL on 8-bit images: the width pass, then the height pass, each
+    result clamped to ``[0, 255]`` and rounded (PIL keeps the intermediate image in 8 bits).
+    Without, one float pass (clamped, not rounded).
+    """
+    out_h, out_w = size
+    if images.shape[-2:] == (out_h, out_w):
+        return images
+    if not quantize:
+        out = F.interpolate(images, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
+        return out.clamp(0.0, 255.0)
+    x = images
+    if x.shape[-1] != out_w:
+        x = F.interpolate(x, size=(x.shape[-2], out_w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp(0.0, 255.0).round()
+    if x.shape[-2] != out_h:
+        x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
+        x = x.clamp(0.0, 255.0).round()
+    return x
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """Images ``(B, 3, H, W)`` (uint8, or float in ``[0, 1]``) -> normalised float32 ``(B, 3, S, S)``.
+
+    ``mode="crop"`` (CLIP image processors): resize so the shorter side is ``resize_to`` (the longer
+    side ``int(resize_to * long / short)``), then centre-crop ``size`` (offsets ``(H - S) // 2``).
+    ``mode="pad"`` (open_clip ``ResizeMaxSize``, used by HPS): resize so the longer side is ``size``
+    (shorter side ``round(size * short / long)``), then zero-pad to ``size`` square, centred (the
+    extra pixel of an odd pad goes right/bottom). Padding is black in pixel space, before
+    normalisation. Then ``(x / 255 - mean) / std`` per channel.
+    ``quantize``: round inputs and each resize pass to 8-bit levels, as a PIL pipeline does.
+    """
+
+    size: int = 224
+    mode: str = "crop"
+    resize_to: int | None = None
+    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
+    std: tuple[float, float, float] = OPENAI_CLIP_STD
+    quantize: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("crop", "pad"):
+            raise ValueError(f"image preprocessing mode must be 'crop' or 'pad', got {self.mode!r}")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = as_float01(images) * 255.0
+        if self.quantize:
+            x = x.round()
+        height, width = x.shape[-2:]
+        s = self.size
+        if self.mode == "crop":
+            short_target = self.resize_to or s
+            if height <= width:
+                new_h, new_w = short_target, int(short_target * width / height)
+            else:
+                new_h, new_w = int(short_target * height / width), short_target
+            x = resize_bicubic_like_pil(x, (new_h, new_w), self.quantize)
+            if new_h < s or new_w < s:
+                raise ValueError(f"resized image {new_h}x{new_w} is smaller than the {s}x{s} crop")
+            top, left = (new_h - s) // 2, (new_w - s) // 2
+            x = x[..., top:top + s, left:left + s]
+        else:
+            scale = s / float(max(height, width))
+            new_h, new_w = round(height * scale), round(width * scale)
+            x = resize_bicubic_like_pil(x, (new_h, new_w), self.quantize)
+            pad_h, pad_w = s - new_h, s - new_w
+            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x / 255.0 - mean) / std
+
+    @classmethod
+    def from_processor_dict(cls, cfg: dict[str, Any] | None, default_size: int) -> "ImagePreprocess":
+        """From a CLIP image processor config (``preprocessor_config.json`` contents: shortest-edge
+        ``size``, ``crop_size``, ``image_mean``, ``image_std``); CLIP defaults at ``default_size``
+        for ``None``. Resampling is always bicubic (what CLIP processors use)."""
+        if cfg is None:
+            return cls(size=default_size, mode="crop")
+        if cfg.get("resample", 3) != 3:
+            warnings.warn(f"image processor asks for resample={cfg['resample']}; using bicubic", stacklevel=2)
+        size = cfg.get("size", default_size)
+        resize_to = _edge(size, "shortest_edge")
+        crop_side = _edge(cfg.get("crop_size", size), "height") if cfg.get("do_center_crop", True) else resize_to
+        return cls(
+            size=crop_side, mode="crop", resize_to=resize_to,
+            mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
+            std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
+        )
+
+
+def _edge(spec: Any, key: str) -> int:
+    """An int side length from a processor size spec (int, or dict with ``key`` / height / shortest_edge)."""
+    if isinstance(spec, int):
+        return spec
+    for k in (key, "shortest_edge", "height"):
+        if k in spec:
+            return int(spec[k])
+    raise ValueError(f"cannot read an image side length from processor size {spec!r}")
+
+
+def pooled_embedding(output: Any) -> torch.Tensor:
+    """The projected embedding from ``CLIPModel.get_image_features``/``get_text_features``:
+    a tensor on transformers 4.x, an output object with ``.pooler_output`` on 5.x."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for attr in ("pooler_output", "image_embeds", "text_embeds"):
+        value = getattr(output, attr, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    raise TypeError(f"cannot find an embedding in {type(output).__name__}")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a filesystem path rather than a hub id ``owner/name``."""
+    return (
+        name.startswith(("/", ".", "~"))
+        or "\\" in name
+        or name.count("/") != 1
+    )
+
+
+def _local_or_id(name: str | Path) -> str:
+    """``name`` with ``~`` expanded when it exists locally, else unchanged (a hub id)."""
+    local = Path(str(name)).expanduser()
+    return str(local) if local.exists() else str(name)
+
+
+def load_local_or_hub(loader: Callable[[str], Any], name: str | Path | None, reward: str, option: str, what: str) -> Any:
+    """``loader(name)`` for a local folder or a hub id; a missing local path or a failed load is
+    one line naming the reward, the value and the option to pass (``what`` describes it)."""
+    if name is None or str(name) == "":
+        raise ValueError(f"reward {reward!r}: no {option} given; pass {option}=<{what}>")
+    name = str(name)
+    if not Path(name).expanduser().exists() and looks_like_path(name):
+        raise FileNotFoundError(f"reward {reward!r}: {option} {name!r} does not exist; pass {option}=<{what}>")
+    try:
+        return loader(_local_or_id(name))
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"reward {reward!r}: cannot load {option} {name!r} ({first}); pass {option}=<{what}>"
+        ) from exc
+
+
+class ClipEmbedder:
+    """A ``CLIPModel`` + tokenizer + image preprocessing; batched, normalised embeddings.
+
+    ``clean_prompts`` applies :func:`clean_prompt_open_clip` before tokenising (HPS does, as
+    open_clip does). Prompts are truncated to ``context_length`` tokens (start and end tokens
+    kept) and padded to the longest in the batch; CLIP's causal text encoder pools at the first
+    end token, so padding does not change an embedding. Identical prompts in a batch are encoded
+    once. Everything runs under ``torch.inference_mode``; results are float32.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        preprocess: ImagePreprocess,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch_size: int = 16,
+        context_length: int = 77,
+        clean_prompts: bool = False,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = int(batch_size)
+        self.context_length = min(int(context_length), int(model.config.text_config.max_position_embeddings))
+        self.clean_prompts = clean_prompts
+
+    def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` (CPU) for ``prompts``."""
+        texts = [clean_prompt_open_clip(p) if self.clean_prompts else p for p in prompts]
+        enc = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.context_length, return_tensors="pt"
+        )
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    @torch.inference_mode()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 image embeddings ``(B, D)``, in chunks of ``batch_size``."""
+        out = []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start:start + self.batch_size].to(self.device)
+            pixels = self.preprocess(chunk).to(self.dtype)
+            emb = pooled_embedding(self.model.get_image_features(pixel_values=pixels))
+            out.append(F.normalize(emb.float(), dim=-1))
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """L2-normalised float32 text embeddings ``(B, D)``; each distinct prompt encoded once."""
+        unique = list(dict.fromkeys(prompts))
+        out = []
+        for start in range(0, len(unique), self.batch_size):
+            enc = self.tokenize(unique[start:start + self.batch_size])
+            emb = pooled_embedding(self.model.get_text_features(
+                input_ids=enc["input_ids"].to(self.device),
+                attention_mask=enc["attention_mask"].to(self.device),
+            ))
+            out.append(F.normalize(emb.float(), dim=-1))
+        table = torch.cat(out)
+        index = {p: i for i, p in enumerate(unique)}
+        return table[torch.tensor([index[p] for p in prompts], device=table.device)]
+
+    def cosine(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Cosine similarity of each image with its own prompt, float32 ``(B,)`` on the model device."""
+        return (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)
+
+    def logit_scale(self) -> float:
+        """``exp(logit_scale)`` of the model (CLIP's learned temperature)."""
+        return float(self.model.logit_scale.detach().float().exp())
+
+
+def embedder_from_pretrained(
+    reward: str,
+    model: str | Path | None,
+    processor: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    batch_size: int = 16,
+) -> ClipEmbedder:
+    """A :class:`ClipEmbedder` for a transformers CLIP checkpoint (local folder or hub id).
+
+    ``processor`` (default: ``model``) supplies the tokenizer and the image processor config;
+    when it has no image processor config, CLIP's defaults at the model's image size are used
+    (with a warning).
+    """
+    from transformers import CLIPModel, CLIPTokenizer
+    from transformers.image_processing_base import ImageProcessingMixin
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    clip = load_local_or_hub(CLIPModel.from_pretrained, model, reward, "model",
+                             "CLIP model folder with config.json and weights, or hub id")
+    processor_name = processor if processor not in (None, "") else model
+    option = "processor" if processor not in (None, "") else "model"
+    tokenizer = load_local_or_hub(CLIPTokenizer.from_pretrained, processor_name, reward, option,
+                                  "folder or hub id with the CLIP tokenizer and preprocessor_config.json")
+    try:
+        proc_cfg, _ = ImageProcessingMixin.get_image_processor_dict(_local_or_id(processor_name))
+    except OSError:
+        proc_cfg = None
+        warnings.warn(f"reward {reward!r}: no image processor config in {str(processor_name)!r}; "
+                      "using CLIP defaults (shortest-edge resize, centre crop, OpenAI mean/std)", stacklevel=2)
+    preprocess = ImagePreprocess.from_processor_dict(proc_cfg, clip.config.vision_config.image_size)
+    return ClipEmbedder(clip, tokenizer, preprocess, dev, dt, batch_size=batch_size,
+                        context_length=clip.config.text_config.max_position_embeddings)
