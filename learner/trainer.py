@@ -1,0 +1,153 @@
+"""One learner rank's GRPO update on recorded window steps (SPEC §6). torch only, no Ray.
+
+For every optimiser update (a chunk of ``samples_per_update`` samples, split evenly across
+ranks) and every trained step ``j`` of those samples, the learner re-evaluates the recorded
+transition under the current weights (velocity -> SDE mean/std -> log-prob of the recorded
+``x_{j+1}``), takes the clipped GRPO loss against the rollout's log-prob, and back-propagates
+``loss / K`` (K trained steps). Gradients are averaged across ranks (all-reduce), clipped by
+global norm, and AdamW steps. Later chunks of an iteration are slightly off-policy, as intended.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from mixgrpo_ray.grpo import grpo_loss
+from mixgrpo_ray.policy import Policy
+from mixgrpo_ray.sampling import sde_log_prob, sde_mean_std
+from mixgrpo_ray.trajectory import Trajectory
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-5
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-4
+
+
+def build_optimizer(policy: Policy, s: OptimSettings) -> torch.optim.Optimizer:
+    """AdamW over the policy's trainable parameters (fp32 master weights)."""
+    params = [p for p in policy.trainable_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the policy has no trainable parameters")
+    return torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
+
+
+def update_plan(num_samples: int, samples_per_update: int, world_size: int, seed: int) -> list[list[list[int]]]:
+    """``plan[u][rank]``: the sample indices rank ``rank`` trains on in update ``u``.
+
+    A seeded permutation of all samples is cut into chunks of ``samples_per_update``; each
+    chunk is dealt evenly to the ranks. The same plan on 1 or N ranks covers the same samples
+    per update, so the averaged gradient is the same.
+    """
+    if num_samples % samples_per_update or samples_per_update % world_size:
+        raise ValueError(
+            f"{num_samples} samples cannot be cut into updates of {samples_per_update} "
+            f"split over {world_size} ranks"
+        )
+    perm = torch.randperm(num_samples, generator=torch.Generator().manual_seed(int(seed))).tolist()
+    per_rank = samples_per_update // world_size
+    plan = []
+    for u in range(num_samples // samples_per_update):
+        chunk = perm[u * samples_per_update : (u + 1) * samples_per_update]
+        plan.append([chunk[r * per_rank : (r + 1) * per_rank] for r in range(world_size)])
+    return plan
+
+
+class GRPOTrainer:
+    """Holds one rank's policy and optimiser and applies GRPO updates."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        settings: OptimSettings,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        process_group: Optional[object] = None,
+    ) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.rank = rank
+        self.world_size = world_size
+        self.group = process_group
+        self.optimizer = build_optimizer(policy, settings)
+        self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _all_reduce_mean_grads(self) -> None:
+        if self.world_size == 1:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        flat /= self.world_size
+        offset = 0
+        for p, g in zip(self.params, grads):
+            n = g.numel()
+            p.grad = flat[offset : offset + n].view_as(p).clone()
+            offset += n
+
+    def step_log_probs(self, batch: Trajectory, cond, j: int) -> torch.Tensor:
+        """New log-probs ``(B,)`` of the recorded transition ``j`` of every row of ``batch``."""
+        dev = self.policy.device
+        x = batch.latents[:, j].to(dev)
+        sig = batch.sigmas[:, j].to(dev)
+        sig_n = batch.sigmas_next[:, j].to(dev)
+        v = self.policy.velocity(x, sig, cond).float()
+        mean, std = sde_mean_std(x, v, sig, sig_n, batch.noise_level, batch.sde_kind)
+        return sde_log_prob(batch.next_latents[:, j].to(dev), mean, std)
+
+    def train_iteration(
+        self,
+        trajectory: Trajectory,
+        advantages: torch.Tensor,
+        plan: Sequence[Sequence[Sequence[int]]],
+    ) -> dict[str, float]:
+        """Apply every update of ``plan`` (see :func:`update_plan`) for this rank.
+
+        ``trajectory`` and ``advantages`` hold all samples of the iteration (global indices).
+        Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
+        policy still equals the sampling policy (ratio 1 up to numerical noise).
+        """
+        self.policy.train(True)
+        dev = self.policy.device
+        totals: dict[str, float] = {}
+        first: dict[str, float] = {}
+        k = trajectory.num_steps
+        for u, per_rank in enumerate(plan):
+            idx = list(per_rank[self.rank])
+            batch = trajectory.select(idx)
+            adv = advantages[idx].to(dev, torch.float32)
+            cond = {key: val.to(dev) for key, val in self.policy.encode_prompts(batch.prompts).items()}
+            self.optimizer.zero_grad(set_to_none=True)
+            step_stats: dict[str, float] = {}
+            for j in range(k):
+                logp_new = self.step_log_probs(batch, cond, j)
+                loss, st = grpo_loss(logp_new, batch.log_probs[:, j].to(dev), adv, self.settings.clip_range)
+                (loss / k).backward()
+                for key, val in st.items():
+                    if key == "ratio_min":
+                        step_stats[key] = min(step_stats.get(key, val), val)
+                    elif key == "ratio_max":
+                        step_stats[key] = max(step_stats.get(key, val), val)
+                    else:
+                        step_stats[key] = step_stats.get(key, 0.0) + val / k
+            self._all_reduce_mean_grads()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+            self.optimizer.step()
+            step_stats["grad_norm"] = float(grad_norm)
+            if u == 0:
+                first = {f"first_{key}": val for key, val in step_stats.items() if key.startswith("ratio")}
+            for key, val in step_stats.items():
+                totals[key] = totals.get(key, 0.0) + val / len(plan)
+        self.optimizer.zero_grad(set_to_none=True)
+        totals["updates"] = float(len(plan))
+        totals.update(first)
+        return totals

@@ -1,0 +1,162 @@
+"""Sampling groups of images with the old policy and recording what the learner needs (no Ray).
+
+:func:`sample_groups` is what a rollout actor runs: for each prompt, ``group_size`` images
+(sharing one initial noise by default, SPEC §6) by MixGRPO's mixed ODE-SDE rollout, or by
+DanceGRPO's SDE-everywhere rollout with a random subset of steps kept for training.
+:func:`sample_images` is plain deterministic ODE sampling for evaluation and image grids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from mixgrpo_ray.policy import Policy, cond_repeat
+from mixgrpo_ray.sampling import mixed_rollout, ode_solve, sigma_schedule
+from mixgrpo_ray.trajectory import Trajectory
+
+
+@dataclass
+class RolloutSettings:
+    """The sampling knobs of one iteration (see :class:`mixgrpo_ray.config.SamplingConfig`)."""
+
+    num_steps: int = 25
+    shift: float = 3.0
+    noise_level: float = 0.7
+    sde_kind: str = "flow_grpo"
+    tail: str = "euler"
+    tail_compression: float = 0.4
+    share_group_noise: bool = True
+    algorithm: str = "mixgrpo"  # or "dancegrpo"
+    dance_train_fraction: float = 0.6
+
+
+@dataclass
+class RolloutOutput:
+    images: torch.Tensor  # (B, 3, H, W) uint8
+    trajectory: Trajectory
+    nfe: int  # model evaluations per sample
+
+
+def _velocity_fn(policy: Policy, cond):
+    def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return policy.velocity(x.to(policy.device), sigma.to(policy.device), cond).float()
+
+    return fn
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+
+
+def initial_noise(policy: Policy, num_prompts: int, group_size: int, shared: bool, generator: torch.Generator) -> torch.Tensor:
+    """``(num_prompts * group_size, *latent)`` standard normal latents, rows of a group equal
+    when ``shared``."""
+    if shared:
+        noise = policy.initial_noise(num_prompts, generator)
+        return noise.repeat_interleave(group_size, dim=0)
+    return policy.initial_noise(num_prompts * group_size, generator)
+
+
+def sample_groups(
+    policy: Policy,
+    prompts: Sequence[str],
+    group_size: int,
+    window: Sequence[int],
+    settings: RolloutSettings,
+    *,
+    seed: int,
+    version: int = 0,
+) -> RolloutOutput:
+    """``group_size`` images per prompt (rows ``p*G .. p*G+G-1`` belong to prompt ``p``) and the
+    trajectory of their trained steps. Deterministic given ``seed`` and the weights."""
+    gen = torch.Generator().manual_seed(int(seed))
+    cond = cond_repeat(policy.encode_prompts(list(prompts)), group_size)
+    cond = {k: v.to(policy.device) for k, v in cond.items()}
+    x = initial_noise(policy, len(prompts), group_size, settings.share_group_noise, gen)
+    sigmas = sigma_schedule(settings.num_steps, settings.shift)
+    dance = settings.algorithm == "dancegrpo"
+    steps = list(range(settings.num_steps)) if dance else list(window)
+    out = mixed_rollout(
+        _velocity_fn(policy, cond),
+        x.to(policy.device),
+        sigmas,
+        steps,
+        noise_level=settings.noise_level,
+        sde_kind=settings.sde_kind,
+        tail=settings.tail,
+        tail_compression=settings.tail_compression,
+        shift=settings.shift,
+        generator=gen,
+    )
+    with torch.no_grad():
+        images = to_uint8(policy.decode(out.x))
+
+    recs = out.records
+    batch = x.shape[0]
+    lat = torch.stack([r.x.detach().float().cpu() for r in recs], dim=1)
+    nxt = torch.stack([r.x_next.detach().float().cpu() for r in recs], dim=1)
+    lp = torch.stack([r.log_prob.detach().float().cpu() for r in recs], dim=1)
+    sig = torch.tensor([r.sigma for r in recs], dtype=torch.float32).expand(batch, -1)
+    sig_n = torch.tensor([r.sigma_next for r in recs], dtype=torch.float32).expand(batch, -1)
+    step_idx = torch.tensor([r.step for r in recs], dtype=torch.long).expand(batch, -1)
+    if dance:
+        # per sample, a random fraction of the first T-1 steps is trained (SPEC §6)
+        k = max(1, int(settings.dance_train_fraction * (settings.num_steps - 1)))
+        keep = torch.stack(
+            [torch.randperm(settings.num_steps - 1, generator=gen)[:k].sort().values for _ in range(batch)]
+        )
+        rows = torch.arange(batch)[:, None]
+        lat, nxt, lp = lat[rows, keep], nxt[rows, keep], lp[rows, keep]
+        sig, sig_n, step_idx = sig[rows, keep], sig_n[rows, keep], step_idx[rows, keep]
+    traj = Trajectory(
+        prompts=[p for p in prompts for _ in range(group_size)],
+        latents=lat.contiguous(),
+        next_latents=nxt.contiguous(),
+        sigmas=sig.contiguous(),
+        sigmas_next=sig_n.contiguous(),
+        log_probs=lp.contiguous(),
+        steps=step_idx.contiguous(),
+        version=version,
+        sde_kind=settings.sde_kind,
+        noise_level=settings.noise_level,
+    )
+    return RolloutOutput(images=images, trajectory=traj, nfe=out.nfe)
+
+
+def sample_images(
+    policy: Policy,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    num_steps: int = 25,
+    shift: float = 3.0,
+    order: int = 1,
+    base_policy: Optional[Policy] = None,
+    mix_fraction: float = 1.0,
+) -> torch.Tensor:
+    """Deterministic ODE samples, one per (prompt, seed) pair, as uint8 ``(B, 3, H, W)``.
+
+    Each image's initial noise comes from its own seed, so results do not depend on batching.
+    With ``base_policy`` and ``mix_fraction < 1`` (test-time mixed-model sampling, SPEC §8) the
+    first ``round(mix_fraction * num_steps)`` steps use ``policy`` and the rest ``base_policy``.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    x = torch.cat([policy.initial_noise(1, torch.Generator().manual_seed(int(s))) for s in seeds])
+    x = x.to(policy.device)
+    sigmas = sigma_schedule(num_steps, shift)
+    cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(list(prompts)).items()}
+    if base_policy is None or mix_fraction >= 1.0:
+        x = ode_solve(_velocity_fn(policy, cond), x, sigmas, order=order)
+    else:
+        split = int(round(mix_fraction * num_steps))
+        x = ode_solve(_velocity_fn(policy, cond), x, sigmas[: split + 1], order=order)
+        base_cond = {k: v.to(base_policy.device) for k, v in base_policy.encode_prompts(list(prompts)).items()}
+        x = ode_solve(_velocity_fn(base_policy, base_cond), x.to(base_policy.device), sigmas[split:], order=order)
+        policy = base_policy
+    with torch.no_grad():
+        return to_uint8(policy.decode(x))

@@ -1,0 +1,108 @@
+"""Reward servers: a pool of replica actors per reward model and a router over them.
+
+Each configured reward gets its own :class:`RewardPool` of ``replicas`` actors named
+``mixgrpo/reward/<name>/<i>``, with that reward's own resources and batch size, so scaling one
+pool never touches another. :meth:`RewardPool.submit` takes an images ObjectRef straight from a
+rollout actor (the driver never opens it) and routes it to the replica with the fewest requests
+in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+import ray
+import torch
+
+from mixgrpo_ray import ray_metrics
+from mixgrpo_ray.config import RewardConfig
+from rewards.registry import build_reward
+
+
+class RewardServer:
+    """One replica: a reward model that scores image batches in chunks of ``batch_size``."""
+
+    def __init__(self, name: str, kind: str, options: dict, batch_size: int, torch_threads: int, replica: int) -> None:
+        torch.set_num_threads(torch_threads)
+        self.name = name
+        self.model = build_reward(kind, **options)
+        self.batch_size = int(batch_size)
+        self._metrics = ray_metrics.RewardMetrics(name, replica)
+
+    def ready(self) -> str:
+        return self.name
+
+    def info(self) -> dict:
+        return {"name": self.name, "can_fail": bool(self.model.can_fail), "range": list(self.model.score_range)}
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """``(B,)`` float32 scores; NaN marks an image the model failed to score."""
+        t0 = time.perf_counter()
+        out = []
+        for i in range(0, images.shape[0], self.batch_size):
+            out.append(self.model(images[i : i + self.batch_size], list(prompts[i : i + self.batch_size])))
+        scores = torch.cat(out) if out else torch.zeros(0)
+        failures = int((~torch.isfinite(scores)).sum())
+        if failures and not self.model.can_fail:
+            raise RuntimeError(f"reward {self.name!r} returned {failures} non-finite score(s)")
+        self._metrics.record(int(images.shape[0]), failures, time.perf_counter() - t0)
+        return scores
+
+
+class RewardPool:
+    """The replicas of one reward model and a least-in-flight router over them."""
+
+    def __init__(self, name: str, cfg: RewardConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        cls = ray.remote(RewardServer)
+        self.replicas = [
+            cls.options(
+                name=f"mixgrpo/reward/{name}/{i}",
+                num_cpus=cfg.num_cpus,
+                num_gpus=cfg.num_gpus,
+                resources=dict(cfg.resources) or None,
+            ).remote(name, cfg.kind, dict(cfg.options), cfg.batch_size, cfg.torch_threads, i)
+            for i in range(cfg.replicas)
+        ]
+        self._in_flight: list[list[ray.ObjectRef]] = [[] for _ in self.replicas]
+        self._next = 0
+        self.info = None
+
+    def wait_ready(self) -> None:
+        ray.get([r.ready.remote() for r in self.replicas])
+        self.info = ray.get(self.replicas[0].info.remote())
+
+    @property
+    def can_fail(self) -> bool:
+        return bool(self.info and self.info["can_fail"])
+
+    def _pick(self) -> int:
+        for i, refs in enumerate(self._in_flight):
+            if refs:
+                done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+                self._in_flight[i] = pending
+        loads = [len(r) for r in self._in_flight]
+        best = min(loads)
+        # round-robin among the least loaded replicas
+        for k in range(len(self.replicas)):
+            i = (self._next + k) % len(self.replicas)
+            if loads[i] == best:
+                self._next = i + 1
+                return i
+        return 0  # unreachable
+
+    def submit(self, images_ref: ray.ObjectRef, prompts: Sequence[str]) -> ray.ObjectRef:
+        """Score the images behind ``images_ref``; returns the ObjectRef of the ``(B,)`` scores."""
+        i = self._pick()
+        ref = self.replicas[i].score.remote(images_ref, list(prompts))
+        self._in_flight[i].append(ref)
+        return ref
+
+
+def create_reward_pools(rewards: dict[str, RewardConfig]) -> dict[str, RewardPool]:
+    pools = {name: RewardPool(name, rc) for name, rc in rewards.items()}
+    for pool in pools.values():
+        pool.wait_ready()
+    return pools
