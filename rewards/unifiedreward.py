@@ -1,0 +1,145 @@
+"""UnifiedReward: a Qwen2.5-VL judge asked to rate each image against its prompt.
+
+The score is the number the judge writes after ``Alignment Score (1-5):`` (template
+``"semantic"``) or ``Final Score:`` (template ``"score"``), in ``[0, 5]`` (nominally 1-5,
+decimals allowed). Two backends give the judge's answers:
+
+- ``backend="http"``: an OpenAI-compatible server (vLLM serving ``CodeGoat24/UnifiedReward-*`` as
+  model ``UnifiedReward``), see :mod:`rewards.unified_http`;
+- ``backend="local"``: the checkpoint in this process with transformers, see
+  :mod:`rewards.unified_local`.
+
+An image whose request failed (after retries) or whose answer holds no parsable score gets
+``NaN``, never a stand-in value; :attr:`UnifiedRewardReward.counters` counts them
+(``request_failures``, ``parse_failures``) and :attr:`last_failures` lists ``(index, reason)``
+for the latest batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from rewards.base import RewardModel, as_uint8
+from rewards.unified_prompts import SCORE_MAX, SCORE_MIN, build_question, check_template, parse_score
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("http", "local")
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """RGB PIL images from a ``(B, 3, H, W)`` uint8 or ``[0, 1]`` float batch."""
+    return [Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()) for img in as_uint8(images).cpu()]
+
+
+class UnifiedRewardReward(RewardModel):
+    """UnifiedReward judge score, ``NaN`` where the judge failed.
+
+    Options:
+      backend: ``"http"`` or ``"local"``.
+      template: ``"semantic"`` (alignment score) or ``"score"`` (final score).
+      HTTP: base_url (e.g. ``http://judge-host:8000/v1``; required), model (served model name),
+        timeout_s (per request), max_retries, backoff_s, max_workers (requests in flight),
+        api_key, max_new_tokens (sent as ``max_tokens``).
+      local: model_path (checkpoint folder; required), device, dtype, max_new_tokens, batch_size
+        (questions per ``generate``), min_pixels / max_pixels (image resolution bounds).
+    """
+
+    name = "unifiedreward"
+    score_range = (SCORE_MIN, SCORE_MAX)
+    can_fail = True
+
+    def __init__(
+        self,
+        backend: str = "http",
+        template: str = "semantic",
+        base_url: str | None = None,
+        model: str = "UnifiedReward",
+        timeout_s: float = 60.0,
+        max_retries: int = 2,
+        backoff_s: float = 1.0,
+        max_workers: int = 8,
+        api_key: str | None = None,
+        model_path: str | None = None,
+        device: str = "cpu",
+        dtype: str = "bfloat16",
+        max_new_tokens: int = 1024,
+        batch_size: int = 4,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+    ):
+        self.template = check_template(template)
+        self.backend = backend
+        if backend == "http":
+            if not base_url:
+                raise ValueError("unifiedreward backend 'http' needs base_url (e.g. http://judge-host:8000/v1)")
+            from rewards.unified_http import OpenAIChatJudge
+
+            self.judge = OpenAIChatJudge(
+                base_url,
+                model=model,
+                timeout_s=timeout_s,
+                max_retries=max_retries,
+                backoff_s=backoff_s,
+                max_workers=max_workers,
+                max_tokens=max_new_tokens,
+                api_key=api_key,
+            )
+        elif backend == "local":
+            if not model_path:
+                raise ValueError("unifiedreward backend 'local' needs model_path (a Qwen2.5-VL checkpoint folder)")
+            from rewards.unified_local import QwenVLJudge
+
+            self.judge = QwenVLJudge(
+                model_path,
+                device=device,
+                dtype=dtype,
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                min_pixels=min_pixels,
+                max_pixels=max_pixels,
+            )
+        else:
+            raise ValueError(f"unknown unifiedreward backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        self.counters = {"images": 0, "scored": 0, "request_failures": 0, "parse_failures": 0}
+        self.last_failures: list[tuple[int, str]] = []
+
+    @property
+    def failures(self) -> int:
+        """Images that got ``NaN`` since construction."""
+        return self.counters["request_failures"] + self.counters["parse_failures"]
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        questions = [build_question(self.template, p) for p in prompts]
+        answers = self.judge.answer(to_pil(images), questions)
+        scores = torch.full((len(answers),), math.nan, dtype=torch.float32)
+        failures: list[tuple[int, str]] = []
+        for i, answer in enumerate(answers):
+            if not answer.ok:
+                self.counters["request_failures"] += 1
+                failures.append((i, f"request failed after {answer.attempts} attempt(s): {answer.error}"))
+                continue
+            value = parse_score(self.template, answer.text)
+            if value is None:
+                self.counters["parse_failures"] += 1
+                failures.append((i, f"no {self.template!r} score in answer: {answer.text[:120]!r}"))
+                continue
+            scores[i] = value
+        self.counters["images"] += len(answers)
+        self.counters["scored"] += len(answers) - len(failures)
+        self.last_failures = failures
+        if failures:
+            logger.warning(
+                "unifiedreward: %d of %d images failed (first: image %d, %s)",
+                len(failures), len(answers), failures[0][0], failures[0][1],
+            )
+        return scores
+
+    def close(self) -> None:
+        """Release the backend's connections."""
+        self.judge.close()
