@@ -156,7 +156,7 @@ def imagereward_pixels(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     std = torch.tensor(CLIP_STD).view(3, 1, 1)
     out = []
     for img in as_uint8(images).cpu():
-        pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy(), mode="RGB")
+        pil = Image.fromarray(img.permute(1, 2, 0).contiguous().numpy())
         w, h = pil.size
         if w <= h:
             new_w, new_h = size, int(size * h / w)
