@@ -199,6 +199,10 @@ def text_config_from_med_config(
         hidden_act=med_config.get("hidden_act", "gelu"),
         layer_norm_eps=med_config.get("layer_norm_eps", 1e-12),
         pad_token_id=med_config.get("pad_token_id", 0),
+        # generation-only ids; BlipTextConfig's defaults (30522, 2, 102) assume the full BERT vocab
+        bos_token_id=med_config.get("bos_token_id"),
+        eos_token_id=med_config.get("eos_token_id"),
+        sep_token_id=med_config.get("sep_token_id"),
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         is_decoder=True,
