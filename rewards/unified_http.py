@@ -8,7 +8,8 @@ base64 JPEG data URL followed by the question text, ``temperature=0``. Per reque
   send, receive the body) is cut once ``timeout_s`` wall-clock seconds have passed (checked as
   each piece of the body arrives); the body is capped at
   :data:`MAX_RESPONSE_BYTES`;
-- retried up to ``max_retries`` times on connection errors, timeouts, HTTP 429 and 5xx, sleeping
+- retried up to ``max_retries`` times on connection errors (also a body cut short), timeouts,
+  HTTP 429 and 5xx, sleeping
   ``min(backoff_s * 2**k, max_backoff_s)`` before retry ``k + 1``; other 4xx and malformed bodies
   are not retried;
 - a request that still fails yields a :class:`JudgeAnswer` with ``error`` set - never an exception
@@ -120,7 +121,7 @@ class OpenAIChatJudge:
                     if time.monotonic() > deadline:
                         raise _Retryable(f"response not complete within {self.timeout_s:g} s")
                 status = resp.status_code
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise _Retryable(f"{type(exc).__name__}: {exc}") from None
         except requests.RequestException as exc:
             raise _Fatal(f"{type(exc).__name__}: {exc}") from None
