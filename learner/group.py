@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from learner.trainer import GRPOTrainer, OptimSettings
 from mixgrpo_ray import ray_metrics
+from mixgrpo_ray.actor_util import kill_actors
 from mixgrpo_ray.config import Config, from_dict
 from mixgrpo_ray.policies import build_policy, pick_device
 from mixgrpo_ray.trajectory import Trajectory
@@ -179,3 +180,6 @@ class LearnerGroup:
     def load_checkpoint(self, directory: str) -> int:
         versions = ray.get([w.load_checkpoint.remote(directory) for w in self.workers])
         return versions[0]
+
+    def shutdown(self) -> None:
+        kill_actors(self.workers)

@@ -21,6 +21,7 @@ from actors.rollout import create_rollout_workers
 from learner.group import LearnerGroup
 from learner.trainer import update_plan
 from mixgrpo_ray import ray_metrics
+from mixgrpo_ray.actor_util import kill_actors
 from mixgrpo_ray.config import Config
 from mixgrpo_ray.grpo import group_advantages
 from mixgrpo_ray.prompts import PromptSampler, load_prompts
@@ -76,9 +77,16 @@ class Driver:
         self.iteration = 0
         self.version = 0
         # the roles, each scaled by its own config
-        self.rollout = create_rollout_workers(cfg)
-        self.rewards = create_reward_pools(cfg.rewards)
-        self.learners = LearnerGroup(cfg)
+        self.rollout: list = []
+        self.rewards: dict = {}
+        self.learners = None
+        try:
+            self.rollout = create_rollout_workers(cfg)
+            self.rewards = create_reward_pools(cfg.rewards)
+            self.learners = LearnerGroup(cfg)
+        except BaseException:
+            self.shutdown()  # leave no half-started run behind
+            raise
         self.metrics = ray_metrics.DriverMetrics()
 
     # ------------------------------------------------------------------------------------------
@@ -264,9 +272,10 @@ class Driver:
         self.iteration = int(state["iteration"])
         self.broadcast(bump=False)
 
+    def actors(self) -> list:
+        learners = self.learners.workers if self.learners is not None else []
+        return self.rollout + [a for p in self.rewards.values() for a in p.replicas] + learners
+
     def shutdown(self) -> None:
-        for actor in self.rollout + [a for p in self.rewards.values() for a in p.replicas] + self.learners.workers:
-            try:
-                ray.kill(actor)
-            except Exception:  # noqa: BLE001 - best effort at exit
-                pass
+        """Kill every actor of the run and wait until their names are free again."""
+        kill_actors(self.actors())

@@ -21,7 +21,8 @@ def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trai
     if model.kind == "tiny":
         from mixgrpo_ray.tiny.model import TinyPolicy
 
-        policy = TinyPolicy.from_pretrained(model.path) if model.path != "random" else TinyPolicy()
+        # path "random": a seeded random initialisation (tests, ablations); else the shipped weights
+        policy = TinyPolicy(seed=0) if model.path == "random" else TinyPolicy.from_pretrained(model.path)
         return policy.to(device)
     if model.kind == "flux":
         from mixgrpo_ray.flux import FluxPolicy

@@ -1,0 +1,163 @@
+"""The actor/learner system on a real local Ray (``ray.init(address="local")``)."""
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+ray = pytest.importorskip("ray")
+
+from learner.group import LearnerGroup  # noqa: E402
+from learner.trainer import update_plan  # noqa: E402
+from mixgrpo_ray.config import resolve  # noqa: E402
+from mixgrpo_ray.rollout import RolloutSettings, sample_groups  # noqa: E402
+from mixgrpo_ray.run_dir import RunDir  # noqa: E402
+from mixgrpo_ray.tiny.model import TinyPolicy  # noqa: E402
+from mixgrpo_ray.train import run  # noqa: E402
+
+SMALL = [
+    "model.path=random",
+    "data.prompts_per_iteration=2",
+    "data.eval_prompts=4",
+    "grpo.group_size=4",
+    "optim.samples_per_update=4",
+    "optim.lr=1e-3",
+    "sampling.num_steps=8",
+    "window.size=2",
+    "window.shift_interval=1",
+    "rollout.num_workers=2",
+    "rollout.num_cpus=0.5",
+    "learner.num_workers=2",
+    "learner.num_cpus=0.5",
+    "rewards.prompt_following.replicas=2",
+    "rewards.prompt_following.num_cpus=0.25",
+    "rewards.quality.replicas=1",
+    "rewards.quality.num_cpus=0.25",
+    "run.iterations=2",
+    "run.checkpoint_every=0",
+    "run.grid_every=0",
+    "run.grid_prompts=0",
+    "run.progress=false",
+]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    # the dashboard serves the state API the test reads named actors from
+    ray.init(address="local", num_cpus=4, include_dashboard=True, dashboard_port=0, namespace="mixgrpo",
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def rows_of(run_dir):
+    return [r for r in RunDir(run_dir).read_metrics() if "reward_mean" in r]
+
+
+def test_two_iterations_end_to_end(local_ray, tmp_path):
+    cfg = resolve(None, SMALL + [f"run.output_dir={tmp_path}", "run.name=e2e"])
+    assert run(cfg) == 0
+    run_dir = tmp_path / "e2e"
+    rows = rows_of(run_dir)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    # versions advance, and every rollout of iteration k used the weights published after k-1
+    assert [r["weight_version"] for r in rows] == [1, 2]
+    assert [r["rollout_versions"] for r in rows] == [[0], [1]]
+    for r in rows:
+        # on-policy at the first update: the ratio is 1 up to float noise
+        assert abs(r["train/first_ratio_max"] - 1) < 1e-5 and abs(r["train/first_ratio_min"] - 1) < 1e-5
+        assert r["window_start"] in range(0, 5)
+        assert r["nfe/rollout"] == 8 and r["nfe/policy"] == 2
+        for key in ("reward_mean", "reward/prompt_following", "reward/quality", "time/iteration_s",
+                    "time/rollout_s", "time/reward_s", "time/train_s", "time/sync_s"):
+            assert key in r
+    assert rows[0]["window_start"] == 0 and rows[1]["window_start"] == 1
+    # before/after evaluation, parquet rollouts, checkpoint, curve
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "eval/reward/prompt_following" in summary["before"] and "eval/reward/prompt_following" in summary["after"]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(run_dir / "rollouts" / "iter_000002.parquet")
+    assert table.num_rows == 8 and "reward/quality" in table.column_names
+    assert (run_dir / "checkpoints" / "iter_000002" / "weights.safetensors").exists()
+    assert (run_dir / "reward_curve.png").exists()
+    # the named actors were there (the state API keeps dead actors)
+    from ray.util.state import list_actors
+
+    names = {a.name for a in list_actors(limit=1000)}
+    for name in ("mixgrpo/rollout/0", "mixgrpo/rollout/1", "mixgrpo/reward/prompt_following/0",
+                 "mixgrpo/reward/prompt_following/1", "mixgrpo/reward/quality/0",
+                 "mixgrpo/learner/0", "mixgrpo/learner/1"):
+        assert name in names
+
+
+def _batch():
+    pol = TinyPolicy(seed=0)
+    out = sample_groups(pol, ["a small red circle on a white background, top left",
+                              "a large blue square on a black background, center"],
+                        4, [0, 1], RolloutSettings(num_steps=8), seed=3)
+    adv = torch.randn(8, generator=torch.Generator().manual_seed(0))
+    return out.trajectory, adv
+
+
+def _train_with(num_learners, traj_ref, adv, plan_seed=0):
+    cfg = resolve(None, ["model.path=random", f"learner.num_workers={num_learners}", "learner.num_cpus=0.5",
+                         "optim.samples_per_update=4", "optim.lr=1e-3", "grpo.group_size=4",
+                         "data.prompts_per_iteration=2"])
+    group = LearnerGroup(cfg)
+    try:
+        plan = update_plan(8, 4, num_learners, seed=plan_seed)
+        stats = group.train([traj_ref], adv, plan)
+        state = ray.get(group.workers[0].trainable_state.remote())
+        others = ray.get([w.trainable_state.remote() for w in group.workers[1:]])
+        return stats, state, others, group
+    except Exception:
+        group.shutdown()
+        raise
+
+
+def test_two_learners_equal_one_learner(local_ray):
+    traj, adv = _batch()
+    ref = ray.put(traj)
+    stats1, state1, _, g1 = _train_with(1, ref, adv)
+    g1.shutdown()
+    stats2, state2, others, g2 = _train_with(2, ref, adv)
+    try:
+        assert stats1["updates"] == stats2["updates"] == 2
+        moved = False
+        init = TinyPolicy(seed=0).trainable_state_dict()
+        for k in state1:
+            torch.testing.assert_close(state2[k], state1[k], atol=2e-6, rtol=1e-5)
+            torch.testing.assert_close(others[0][k], state2[k], atol=0, rtol=0)  # ranks stay identical
+            moved |= not torch.equal(state1[k], init[k])
+        assert moved
+        # stale rollouts are refused after a publish, unless an off-policy bound allows them
+        version, refs = g2.publish()
+        assert version == 1 and len(refs) == 1
+        with pytest.raises(ray.exceptions.RayTaskError, match="refusing the stale batch"):
+            g2.train([ref], adv, update_plan(8, 4, 2, seed=0))
+        g2.cfg.learner.max_staleness = 1
+        g2.train([ref], adv, update_plan(8, 4, 2, seed=0))
+    finally:
+        g2.shutdown()
+
+
+def test_resume_gives_the_same_next_iteration(local_ray, tmp_path):
+    base = [x for x in SMALL if not x.startswith(("rollout.num_workers", "learner.num_workers",
+                                                   "rewards.prompt_following.replicas", "run.iterations",
+                                                   "run.checkpoint_every"))]
+    base += ["rollout.num_workers=1", "learner.num_workers=1", "run.checkpoint_every=2", "data.eval_prompts=2"]
+    full = resolve(None, base + ["run.iterations=3", f"run.output_dir={tmp_path}", "run.name=full"])
+    assert run(full) == 0
+    part = resolve(None, base + ["run.iterations=2", f"run.output_dir={tmp_path}", "run.name=part"])
+    assert run(part) == 0
+    resumed = resolve([str(tmp_path / "part" / "config.yaml")], ["run.iterations=3"])
+    assert run(resumed, resume=str(tmp_path / "part")) == 0
+    a = rows_of(tmp_path / "full")[2]
+    b = rows_of(tmp_path / "part")[2]
+    assert a["iteration"] == b["iteration"] == 3
+    for key, val in a.items():
+        if key.startswith(("reward", "train/", "advantage", "window_start", "weight_version", "nfe")):
+            assert b[key] == pytest.approx(val, rel=1e-6, abs=1e-7), key
