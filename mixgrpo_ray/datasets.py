@@ -19,8 +19,8 @@ Sources
 ``PATH.parquet``
     A string column named ``prompt``, ``caption`` or ``text`` (first present), read with pyarrow.
 ``DIR:train`` / ``DIR:test`` / ``DIR:test/<style>``
-    An HPDv2 folder as released at ``huggingface.co/datasets/zhwang/HPDv2`` (the
-    ``ymhao/HPDv2`` mirror has the same two annotation files)::
+    An HPDv2 folder: the annotation files as published in ``huggingface.co/datasets/ymhao/HPDv2``
+    and the benchmark prompts as in ``huggingface.co/datasets/zhwang/HPDv2``::
 
         DIR/train.json               [{"prompt": str, "human_preference": [...], "file_path": [...]}, ...]
         DIR/test.json                [{"prompt": str, "image_path": [...], "rank": [...], ...}, ...]
@@ -100,7 +100,7 @@ def read_hpdv2(root: str | Path, split: str) -> list[str]:
     if not root.is_dir():
         raise FileNotFoundError(
             f"HPDv2 folder {root} not found; pass the folder holding train.json / test.json "
-            f"(huggingface.co/datasets/zhwang/HPDv2) as {root}:{split}"
+            f"(huggingface.co/datasets/ymhao/HPDv2) as {root}:{split}"
         )
     if split in ("train", "test"):
         path = root / f"{split}.json"
