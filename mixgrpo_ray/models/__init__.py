@@ -1,0 +1,1 @@
+"""Model code shared by the policies (FLUX transformer calling conventions)."""
