@@ -74,17 +74,27 @@ def sample_groups(
     """``group_size`` images per prompt (rows ``p*G .. p*G+G-1`` belong to prompt ``p``) and the
     trajectory of their trained steps. Deterministic given ``seed`` and the weights."""
     gen = torch.Generator().manual_seed(int(seed))
-    cond = cond_repeat(policy.encode_prompts(list(prompts)), group_size)
-    cond = {k: v.to(policy.device) for k, v in cond.items()}
-    x = initial_noise(policy, len(prompts), group_size, settings.share_group_noise, gen)
+    prompt_cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(list(prompts)).items()}
+    cond = cond_repeat(prompt_cond, group_size)
     sigmas = sigma_schedule(settings.num_steps, settings.shift)
     dance = settings.algorithm == "dancegrpo"
     steps = list(range(settings.num_steps)) if dance else list(window)
+    start = 0
+    if settings.share_group_noise and steps[0] > 0:
+        # A group shares its noise, so its ODE steps before the window are identical: take them
+        # once per prompt, then fan out to the group (same result, 1/G of the cost).
+        x = policy.initial_noise(len(prompts), gen).to(policy.device)
+        x = ode_solve(_velocity_fn(policy, prompt_cond), x, sigmas[: steps[0] + 1], order=1)
+        x = x.repeat_interleave(group_size, dim=0)
+        start = steps[0]
+    else:
+        x = initial_noise(policy, len(prompts), group_size, settings.share_group_noise, gen)
     out = mixed_rollout(
         _velocity_fn(policy, cond),
         x.to(policy.device),
         sigmas,
         steps,
+        start_step=start,
         noise_level=settings.noise_level,
         sde_kind=settings.sde_kind,
         tail=settings.tail,

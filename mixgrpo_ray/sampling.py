@@ -336,6 +336,7 @@ def mixed_rollout(
     tail_compression: float | None = None,
     shift: float | None = None,
     generator: Optional[torch.Generator] = None,
+    start_step: int = 0,
 ) -> RolloutResult:
     """MixGRPO's mixed ODE-SDE sampling (SPEC §4).
 
@@ -348,6 +349,10 @@ def mixed_rollout(
     ``shift`` (for the sub-schedule) is recovered from ``sigmas`` when not given.
     If the window contains the last step (DanceGRPO: SDE everywhere), the final latent is that
     step's ``x0_hat``.
+
+    ``start_step`` (at most the window's first step) says ``x`` is already the latent at
+    ``sigmas[start_step]``: the ODE steps before it were taken elsewhere (e.g. once per group
+    when a group shares its initial noise). They still count in ``nfe``, which is per sample.
     """
     if tail not in TAILS:
         raise ValueError(f"unknown tail {tail!r}; choose one of {TAILS}")
@@ -360,12 +365,14 @@ def mixed_rollout(
     if tail == "dpm2" and tail_compression is None:
         raise ValueError("tail='dpm2' needs tail_compression (e.g. 0.4 for Flash, 0.2 for Flash*)")
 
+    if not 0 <= start_step <= first:
+        raise ValueError(f"start_step must be in [0, {first}] (the window's first step), got {start_step}")
     hist = DPMHistory()
     records: list[WindowRecord] = []
-    nfe = 0
+    nfe = start_step
     x = x.float()
 
-    for i in range(0, last + 1):
+    for i in range(start_step, last + 1):
         v = velocity_fn(x, _sigma_batch(sig[i], x)).float()
         nfe += 1
         x0_hat = x - sig[i] * v

@@ -124,3 +124,23 @@ def test_trajectory_select_and_concat():
     c = Trajectory.concat([a, b])
     assert len(c) == 5 and torch.equal(c.latents, traj.latents[:5])
     assert c.prompts == traj.prompts[:5]
+
+
+def test_shared_prefix_shortcut_equals_full_group_rollout():
+    """With shared group noise the pre-window ODE runs once per prompt; the result must equal
+    running it for every member of the group."""
+    from mixgrpo_ray.policy import cond_repeat
+    from mixgrpo_ray.sampling import mixed_rollout
+
+    pol = ToyPolicy()
+    out = sample_groups(pol, PROMPTS[:2], 3, [5, 6, 7], RolloutSettings(), seed=4)
+    gen = torch.Generator().manual_seed(4)
+    x = pol.initial_noise(2, gen).repeat_interleave(3, dim=0)
+    cond = cond_repeat(pol.encode_prompts(PROMPTS[:2]), 3)
+    with torch.no_grad():
+        ref = mixed_rollout(lambda x, s: pol.velocity(x, s, cond), x, sigma_schedule(25, 3.0), [5, 6, 7],
+                            noise_level=0.7, generator=gen)
+    assert out.nfe == ref.nfe == 25
+    for j, rec in enumerate(ref.records):
+        torch.testing.assert_close(out.trajectory.latents[:, j], rec.x, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.trajectory.log_probs[:, j], rec.log_prob, atol=1e-4, rtol=1e-5)
