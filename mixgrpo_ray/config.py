@@ -45,6 +45,8 @@ class ModelConfig:
     lora_alpha: float = 0.0  # 0 = same as rank
     gradient_checkpointing: bool = False
     max_sequence_length: int = 512
+    timestep_decimals: Optional[int] = None  # floor sigma fed to the model (reference code: 3)
+    prompt_cache_size: int = 1024  # prompts whose text embeddings are kept (FLUX)
 
 
 @dataclass
