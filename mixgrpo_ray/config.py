@@ -341,6 +341,18 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(data: dict, parts: list[str], value: Any) -> dict:
+    """Set ``a.b.c`` to ``value``; ``null`` removes the key (e.g. ``rewards.hps=null`` drops a
+    reward pool, ``model.path=null`` goes back to the default)."""
+    if value is None:
+        out = deep_merge(data, {})
+        node = out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                return out
+            node[part] = dict(node[part])
+            node = node[part]
+        node.pop(parts[-1], None)
+        return out
     nested: Any = value
     for part in reversed(parts):
         nested = {part: nested}

@@ -116,3 +116,10 @@ def test_print_config_round_trips(capsys):
 
     data = yaml.safe_load(capsys.readouterr().out)
     assert C.from_dict(data).run.iterations == 3
+
+
+def test_null_override_removes_a_key():
+    cfg = C.resolve(None, ["rewards.quality=null"])
+    assert list(cfg.rewards) == ["prompt_following"]
+    cfg = C.resolve(None, ["model.path=/x", "model.path=null"])
+    assert cfg.model.path is None
