@@ -1,6 +1,7 @@
 """Prompt sources and the seeded, resumable prompt sampler (no Ray).
 
-A source is ``tiny:train`` / ``tiny:eval`` (the built-in task's prompt sets) or a local file read
+A source is ``tiny:train`` / ``tiny:eval`` (the built-in task's prompt sets, optionally ``:N`` for the
+first N) or a local file read
 by :mod:`mixgrpo_ray.datasets` (txt, jsonl, json, parquet, HPDv2 layout).
 """
 
@@ -13,14 +14,18 @@ from typing import Any
 def load_prompts(source: str) -> list[str]:
     """The prompts of ``source`` (raises ``ValueError`` / ``FileNotFoundError`` with one clear line)."""
     if source.startswith("tiny:"):
+        from mixgrpo_ray.datasets import _split_limit
         from mixgrpo_ray.tiny import task
 
-        split = source.split(":", 1)[1]
+        name, limit = _split_limit(source)
+        split = name.split(":", 1)[1]
         if split == "train":
-            return list(task.train_prompts())
-        if split == "eval":
-            return list(task.eval_prompts())
-        raise ValueError(f"unknown built-in prompt set {source!r}; use tiny:train or tiny:eval")
+            prompts = list(task.train_prompts())
+        elif split == "eval":
+            prompts = list(task.eval_prompts())
+        else:
+            raise ValueError(f"unknown built-in prompt set {source!r}; use tiny:train or tiny:eval (optionally :N)")
+        return prompts if limit is None else prompts[:limit]
     from mixgrpo_ray.datasets import read_prompts
 
     return read_prompts(source)
