@@ -100,7 +100,8 @@ class RolloutWorker:
             self.policy, prompts, [seed + i for i in range(len(prompts))],
             num_steps=self.cfg.sampling.num_steps, shift=self.cfg.sampling.shift,
         )
-        grid = image_grid(images, captions=list(prompts), title=title)
+        scale = max(1, min(4, 128 // int(images.shape[-1])))  # enlarge small images, keep big ones
+        grid = image_grid(images, captions=list(prompts), title=title, scale=scale)
         buf = io.BytesIO()
         grid.save(buf, format="PNG")
         return buf.getvalue()

@@ -17,6 +17,7 @@ from mixgrpo_ray.run_dir import RunDir  # noqa: E402
 from mixgrpo_ray.tiny.model import TinyPolicy  # noqa: E402
 from mixgrpo_ray.train import run  # noqa: E402
 
+GRIDS = ["run.grid_every=2", "run.grid_prompts=2"]
 SMALL = [
     "model.path=random",
     "data.prompts_per_iteration=2",
@@ -57,7 +58,7 @@ def rows_of(run_dir):
 
 
 def test_two_iterations_end_to_end(local_ray, tmp_path):
-    cfg = resolve(None, SMALL + [f"run.output_dir={tmp_path}", "run.name=e2e"])
+    cfg = resolve(None, SMALL + GRIDS + [f"run.output_dir={tmp_path}", "run.name=e2e"])
     assert run(cfg) == 0
     run_dir = tmp_path / "e2e"
     rows = rows_of(run_dir)
@@ -83,6 +84,10 @@ def test_two_iterations_end_to_end(local_ray, tmp_path):
     assert table.num_rows == 8 and "reward/quality" in table.column_names
     assert (run_dir / "checkpoints" / "iter_000002" / "weights.safetensors").exists()
     assert (run_dir / "reward_curve.png").exists()
+    from PIL import Image
+
+    for name in ("iter_000000.png", "iter_000002.png"):  # held-out grids before and after
+        assert Image.open(run_dir / "grids" / name).size[0] > 64
     # the named actors were there (the state API keeps dead actors)
     from ray.util.state import list_actors
 
