@@ -97,7 +97,11 @@ class LearnerWorker:
             self.weight_version += 1
         if self.rank != 0:
             return self.weight_version, []
-        state = {k: v.detach().to("cpu").clone() for k, v in self.policy.trainable_state_dict().items()}
+        dtype = torch.bfloat16 if self.cfg.learner.publish_dtype == "bf16" else None
+        state = {
+            k: (v.detach().to("cpu", dtype) if dtype is not None and v.is_floating_point() else v.detach().to("cpu"))
+            for k, v in self.policy.trainable_state_dict().items()
+        }
         return self.weight_version, [ray.put(state)]
 
     def version(self) -> int:

@@ -151,6 +151,7 @@ class LearnerConfig:
     torch_threads: int = 1
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU), gloo, nccl
     max_staleness: int = 0  # weight versions a rollout may lag behind (0 = strictly on-policy)
+    publish_dtype: str = "fp32"  # weights sent to rollout actors: fp32, or bf16 (half the traffic)
 
 
 @dataclass
@@ -176,6 +177,7 @@ class RayConfig:
     address: str = ""
     num_cpus: int = 0  # for a new local instance; 0 = enough for every actor
     namespace: str = "mixgrpo"
+    dashboard: bool = True  # start the dashboard with a new local instance
 
 
 @dataclass
@@ -404,6 +406,7 @@ def validate(cfg: Config) -> None:
     _choice(g.algorithm, ("mixgrpo", "dancegrpo"), "grpo.algorithm")
     _choice(g.advantage_mode, ("advantage_aggr", "reward_aggr"), "grpo.advantage_mode")
     _choice(cfg.learner.backend, ("auto", "gloo", "nccl"), "learner.backend")
+    _choice(cfg.learner.publish_dtype, ("fp32", "bf16"), "learner.publish_dtype")
 
     if s.num_steps < 3:
         raise ConfigError(f"sampling.num_steps must be >= 3, got {s.num_steps}")

@@ -75,10 +75,12 @@ def connect_ray(cfg: Config):
     need = required_resources(cfg)
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, math.ceil(need["CPU"]))
     custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
-    ray.init(
+    ctx = ray.init(
         address="local", num_cpus=num_cpus, namespace=cfg.ray.namespace,
-        resources=custom or None, include_dashboard=False, log_to_driver=True,
+        resources=custom or None, include_dashboard=cfg.ray.dashboard, log_to_driver=True,
     )
+    if cfg.ray.dashboard and getattr(ctx, "dashboard_url", None):
+        print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     return ray
 
 

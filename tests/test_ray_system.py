@@ -166,3 +166,17 @@ def test_resume_gives_the_same_next_iteration(local_ray, tmp_path):
     for key, val in a.items():
         if key.startswith(("reward", "train/", "advantage", "window_start", "weight_version", "nfe")):
             assert b[key] == pytest.approx(val, rel=1e-6, abs=1e-7), key
+
+
+def test_publish_dtype_bf16_halves_the_broadcast(local_ray):
+    from learner.group import LearnerWorker
+
+    for dtype, expect in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        cfg = resolve(None, ["model.path=random", f"learner.publish_dtype={dtype}"])
+        worker = LearnerWorker(cfg.to_dict(), 0, 1)  # in-process: no actor needed for this check
+        worker.init_process_group("", 0)
+        version, refs = worker.publish()
+        state = ray.get(refs[0])
+        assert version == 1 and all(v.dtype == expect for v in state.values() if v.is_floating_point())
+        pol = TinyPolicy(seed=0)
+        pol.load_trainable_state_dict(state)  # a rollout policy accepts either
