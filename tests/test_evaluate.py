@@ -17,7 +17,7 @@ from mixgrpo_ray.tiny.model import TinyPolicy
 from rewards.registry import build_reward
 
 STEPS, PROMPTS, SEEDS = 6, 5, 2
-OVERRIDES = [f"sampling.num_steps={STEPS}", f"data.eval_prompts={PROMPTS}", f"data.eval_seeds={SEEDS}",
+OVERRIDES = [f"sampling.num_steps={STEPS}", "window.initial_start=0", f"data.eval_prompts={PROMPTS}", f"data.eval_seeds={SEEDS}",
              "run.grid_prompts=3", "run.progress=false"]
 FAST = ["--config", "tiny", *OVERRIDES]
 REWARDS = ("prompt_following", "quality")

@@ -92,7 +92,7 @@ def test_ray_job_submit_tiny_run(head_node, tmp_path):
         "mixgrpo-ray", "train", "model.path=random", "run.iterations=2", "run.checkpoint_every=0",
         "run.grid_every=0", "run.grid_prompts=0", "run.progress=false", f"run.output_dir={out_dir}",
         "run.name=job", "data.prompts_per_iteration=2", "data.eval_prompts=2", "grpo.group_size=4",
-        "optim.samples_per_update=4", "sampling.num_steps=6", "window.size=2",
+        "optim.samples_per_update=4", "sampling.num_steps=6", "window.size=2", "window.initial_start=0",
         "rollout.num_workers=1", "rollout.num_cpus=0.5", "learner.num_cpus=0.5",
         "rewards.prompt_following.num_cpus=0.25", "rewards.quality.num_cpus=0.25",
     ]

@@ -27,6 +27,7 @@ SMALL = [
     "optim.lr=1e-3",
     "sampling.num_steps=8",
     "window.size=2",
+    "window.initial_start=0",
     "window.shift_interval=1",
     "rollout.num_workers=2",
     "rollout.num_cpus=0.5",
