@@ -72,7 +72,9 @@ class Driver:
         if cfg.data.eval_prompts:
             eval_prompts = eval_prompts[: cfg.data.eval_prompts]
         self.eval_prompts = eval_prompts
-        self.grid_prompts = eval_prompts[: cfg.run.grid_prompts]
+        # grid prompts spread evenly over the held-out set (it is ordered by attributes)
+        n = min(cfg.run.grid_prompts, len(eval_prompts))
+        self.grid_prompts = [eval_prompts[(i * len(eval_prompts)) // n] for i in range(n)] if n else []
         self.weights = {n: r.weight for n, r in cfg.rewards.items() if r.weight > 0}
         self.iteration = 0
         self.version = 0

@@ -128,18 +128,25 @@ class RunDir:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        names = sorted({k for r in rows for k in r if k.startswith("reward/")})
+        names = sorted({k for r in rows for k in r
+                        if k.startswith("reward/") and not k.endswith(("_std", "_failures"))})
         fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
         its = [r["iteration"] for r in rows]
-        for name in names:
-            ax.plot(its, [r.get(name, float("nan")) for r in rows], label=name.split("/", 1)[1], alpha=0.8)
         evals = [r for r in self.read_metrics() if any(k.startswith("eval/") for k in r)]
-        for name in names:
+        for c, name in enumerate(names):
+            colour = f"C{c}"
+            label = name.split("/", 1)[1]
+            values = [r.get(name, float("nan")) for r in rows]
+            ax.plot(its, values, color=colour, alpha=0.25, linewidth=0.8)
+            k = max(1, min(15, len(values) // 10))
+            smooth = [sum(values[max(0, i - k + 1) : i + 1]) / len(values[max(0, i - k + 1) : i + 1])
+                      for i in range(len(values))]
+            ax.plot(its, smooth, color=colour, linewidth=2, label=f"train {label} (mean of {k})")
             key = "eval/" + name
             pts = [(r["iteration"], r[key], r.get(key + "_se", 0.0)) for r in evals if key in r]
             if pts:
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[3 * p[2] for p in pts],
-                            fmt="o", capsize=4, label=f"held-out {name.split('/', 1)[1]} (±3 SE)")
+                            fmt="o", color=colour, mec="black", capsize=4, label=f"held-out {label} (±3 SE)")
         ax.set_xlabel("iteration")
         ax.set_ylabel("reward")
         ax.set_title("MixGRPO training reward")
