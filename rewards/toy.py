@@ -9,9 +9,9 @@
   rather than stray blobs? It reads the image only (the prompt is not used).
 
 Both are deterministic, vectorised over the batch and run on CPU in milliseconds. Colours are
-compared in RGB ``[0, 1]`` with a soft kernel of the Euclidean
-distance ``d``: 1 up to ``inner``, falling as ``(1 - (d - inner) / (outer - inner))^2`` to 0 at
-``outer``, so a pixel near a colour counts fully and one far away not at all.
+compared in RGB ``[0, 1]`` with a soft kernel of the Euclidean distance ``d``: 1 up to
+``inner``, falling as ``(1 - (d - inner) / (outer - inner))^2`` to 0 at ``outer``, so a pixel
+near a colour counts fully and one far away not at all.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ def open_mask(mask: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(F.pad(eroded, (1, 0, 1, 0), mode="replicate"), 2, stride=1).squeeze(1)
 
 
+def border_colour(images: torch.Tensor) -> torch.Tensor:
+    """Per-image median colour ``(batch, 3)`` of the one-pixel border of ``images``."""
+    border = torch.cat(
+        [images[:, :, 0, :], images[:, :, -1, :], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2
+    )
+    return border.median(dim=2).values
+
+
 def _pixel_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     ys = torch.arange(height, dtype=torch.float32) + 0.5
     xs = torch.arange(width, dtype=torch.float32) + 0.5
@@ -67,21 +75,27 @@ def mask_moments(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
 class PromptFollowingReward(RewardModel):
     """How well each image shows its prompt's scene; graded in ``[0, 1]`` (1: all parts right).
 
-    Parts (equal weight), with ``m`` the soft mask of the requested object colour after a
-    morphological opening (so scattered specks of that colour do not count), ``A`` its
-    mass and ``A*`` the requested shape's area at the image's resolution (colour kernel ``colour_tolerance`` /
-    ``colour_radius``):
+    Masks (colours matched with the kernel ``colour_tolerance`` / ``colour_radius``): ``m`` the
+    requested object colour after a morphological opening (scattered specks do not count), with
+    mass ``M`` and centroid ``c``; the *foreground* ``f``, every pixel that does not have the
+    image's own background colour (the median of its border pixels), opened too, with area
+    ``A``. ``A*`` is the requested shape's area and ``c*`` the requested grid centre at the
+    image's resolution. Parts (equal weight):
 
-    * background — fraction of the non-object pixels that have the requested background colour;
-    * colour — presence of the object colour, ``min(1, A / (presence * A*))``;
-    * size — ``exp(-ln((A+1)/(A*+1))^2 / (2 size_tol^2))``;
-    * position — ``exp(-|c - c*|^2 / (2 (position_tol W)^2))`` for the centroid ``c`` of ``m``
-      and the requested grid centre ``c*``, times the colour part;
-    * shape — how much better the requested shape explains ``m`` than the others: the soft
-      IoU of the (un-opened) colour mask with an equal-area template of each shape placed at
-      ``c``, passed through a
-      softmax with temperature ``shape_temperature`` and taken at the requested shape, times
-      ``min(1, IoU_requested / shape_fit)`` (a diffuse blob fits no shape), times the colour part.
+    * background — the requested background colour's mass over the pixels the background
+      should cover, ``min(1, sum(bg) / (H W - A*))``; a wrong colour, noise or a too-large
+      object lower it;
+    * colour — presence of the requested colour, ``min(1, M / (presence * A*))``;
+    * size — ``exp(-ln((A+1)/(A*+1))^2 / (2 size_tol^2))`` on the whole foreground, so a
+      bigger, smeared or haloed object does not pass for the requested size; times colour;
+    * position — ``exp(-|c - c*|^2 / (2 (position_tol W)^2))``, times colour;
+    * shape — how much better the requested shape explains the colour mask than the others:
+      the soft IoU of the (un-opened) colour mask with an equal-mass template of each shape at
+      ``c``, through a softmax with temperature ``shape_temperature``, taken at the requested
+      shape, times ``min(1, IoU_requested / shape_fit)`` (a diffuse blob fits no shape), times
+      colour.
+
+    An object of the wrong colour therefore earns at most the background part.
 
     Prompts must follow the task's grammar (:func:`mixgrpo_ray.tiny.task.parse_prompt`);
     anything else raises ``ValueError``.
@@ -125,39 +139,42 @@ class PromptFollowingReward(RewardModel):
             raise ValueError(f"prompt_following: images must be square, got {height}x{width}")
         attrs = [task.parse_prompt(p) for p in prompts]
         geo = task.nominal_geometry(attrs, width)
-        colours = torch.stack(
-            [task.colour_table([a.colour for a in attrs]), task.colour_table([a.background for a in attrs])], dim=1
-        )
-        aff = colour_affinity(images, colours, self.colour_tolerance, self.colour_radius)
-        raw, bg = aff[:, 0], aff[:, 1]
-        obj = open_mask(raw)
-
-        not_obj = 1.0 - obj
-        background = (bg * not_obj).sum(dim=(1, 2)) / not_obj.sum(dim=(1, 2)).clamp(min=1e-6)
-
-        area, cx, cy = mask_moments(obj)
+        kernel = (self.colour_tolerance, self.colour_radius)
+        obj = colour_affinity(images, task.colour_table([a.colour for a in attrs]).unsqueeze(1), *kernel)[:, 0]
+        bg = colour_affinity(images, task.colour_table([a.background for a in attrs]).unsqueeze(1), *kernel)[:, 0]
+        fg = open_mask(1.0 - colour_affinity(images, border_colour(images).unsqueeze(1), *kernel)[:, 0])
+        mask = open_mask(obj)
         expected = geo["area"]
-        colour = (area / (self.presence * expected)).clamp(max=1.0)
+
+        background = (bg.sum(dim=(1, 2)) / (height * width - expected)).clamp(max=1.0)
+        mass, cx, cy = mask_moments(mask)
+        colour = (mass / (self.presence * expected)).clamp(max=1.0)
+        area = fg.sum(dim=(1, 2))
         size = torch.exp(-torch.log((area + 1.0) / (expected + 1.0)).square() / (2 * self.size_tol**2))
         dist2 = (cx - geo["cx"]).square() + (cy - geo["cy"]).square()
-        position = torch.exp(-dist2 / (2 * (self.position_tol * width) ** 2)) * colour
+        position = torch.exp(-dist2 / (2 * (self.position_tol * width) ** 2))
 
         ious = []
         for k in range(len(task.SHAPES)):
             kind = torch.full((batch,), k, dtype=torch.long)
-            half = torch.sqrt(area.clamp(min=1.0) / task.shape_area(kind, torch.ones(batch)))
+            half = torch.sqrt(mass.clamp(min=1.0) / task.shape_area(kind, torch.ones(batch)))
             # the triangle's centroid lies h/3 below its bounding-box centre
             box_cy = cy - half / 3.0 if task.SHAPES[k] == "triangle" else cy
             tmpl = task.shape_masks(kind, cx, box_cy, half, width, softness=0.3)
-            inter = torch.minimum(raw, tmpl).sum(dim=(1, 2))
-            union = torch.maximum(raw, tmpl).sum(dim=(1, 2)).clamp(min=1e-6)
+            inter = torch.minimum(obj, tmpl).sum(dim=(1, 2))
+            union = torch.maximum(obj, tmpl).sum(dim=(1, 2)).clamp(min=1e-6)
             ious.append(inter / union)
         iou = torch.stack(ious, dim=1)  # (B, n_shapes)
-        requested = geo["shape"].view(-1, 1)
-        prob = torch.softmax(iou / self.shape_temperature, dim=1).gather(1, requested).squeeze(1)
-        fit = (iou.gather(1, requested).squeeze(1) / self.shape_fit).clamp(max=1.0)
-        shape = prob * fit * colour
-        return {"background": background, "colour": colour, "size": size, "position": position, "shape": shape}
+        asked = geo["shape"].view(-1, 1)
+        prob = torch.softmax(iou / self.shape_temperature, dim=1).gather(1, asked).squeeze(1)
+        fit = (iou.gather(1, asked).squeeze(1) / self.shape_fit).clamp(max=1.0)
+        return {
+            "background": background,
+            "colour": colour,
+            "size": size * colour,
+            "position": position * colour,
+            "shape": prob * fit * colour,
+        }
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         parts = self.parts(images, prompts)

@@ -76,6 +76,25 @@ def test_each_wrong_attribute_costs_prompt_following(scenes, field, values, min_
     assert (other < right).float().mean() > 0.8
 
 
+def test_more_of_the_object_colour_does_not_pay(scenes):
+    """A second blob of the right colour, or a bigger object, scores lower than the scene asked for."""
+    attrs, prompts, images = scenes
+    reward = PromptFollowingReward()
+    x = images.float() / 255
+    right = reward(x, prompts)
+    extra = x.clone()
+    for i, a in enumerate(attrs):
+        row, col = task.POSITIONS[a.position]
+        ys = slice(1, 6) if row == 2 else slice(26, 31)
+        xs = slice(1, 6) if col == 2 else slice(26, 31)
+        extra[i, :, ys, xs] = task.colour_table([a.colour]).view(3, 1, 1)
+    assert (reward(extra, prompts) < right).float().mean() > 0.9
+    small = [i for i, a in enumerate(attrs) if a.size == "small"]
+    bigger = task.render([dataclasses.replace(attrs[i], size="large") for i in small],
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert reward(bigger, [prompts[i] for i in small]).mean() < right[small].mean() - 0.15
+
+
 def test_noise_scores_low_on_both(scenes):
     _, prompts, images = scenes
     noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(1))
