@@ -9,6 +9,8 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from rewards.base import as_uint8
+
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
 
@@ -17,9 +19,7 @@ def to_uint8_hwc(images: torch.Tensor) -> torch.Tensor:
     """``(B, 3, H, W)`` uint8 or float-in-``[0, 1]`` images -> ``(B, H, W, 3)`` uint8."""
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (batch, 3, H, W), got {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        images = (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8)
-    return images.detach().cpu().permute(0, 2, 3, 1).contiguous()
+    return as_uint8(images.detach()).cpu().permute(0, 2, 3, 1).contiguous()
 
 
 def _font(size: int) -> ImageFont.ImageFont:

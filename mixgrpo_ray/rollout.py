@@ -16,6 +16,7 @@ import torch
 from mixgrpo_ray.policy import Policy, cond_repeat
 from mixgrpo_ray.sampling import mixed_rollout, ode_solve, sigma_schedule
 from mixgrpo_ray.trajectory import Trajectory
+from rewards.base import as_uint8
 
 
 @dataclass
@@ -49,7 +50,8 @@ def _velocity_fn(policy: Policy, cond):
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    return (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    """Decoded float images in ``[0, 1]`` as CPU uint8 (what travels to the reward servers)."""
+    return as_uint8(images.detach()).cpu()
 
 
 def initial_noise(policy: Policy, num_prompts: int, group_size: int, shared: bool, generator: torch.Generator) -> torch.Tensor:
@@ -147,8 +149,10 @@ def sample_images(
     order: int = 1,
     base_policy: Optional[Policy] = None,
     mix_fraction: float = 1.0,
+    float_images: bool = False,
 ) -> torch.Tensor:
-    """Deterministic ODE samples, one per (prompt, seed) pair, as uint8 ``(B, 3, H, W)``.
+    """Deterministic ODE samples, one per (prompt, seed) pair, as uint8 ``(B, 3, H, W)`` (or
+    float32 in ``[0, 1]`` with ``float_images``).
 
     Each image's initial noise comes from its own seed, so results do not depend on batching.
     With ``base_policy`` and ``mix_fraction < 1`` (test-time mixed-model sampling, SPEC §8) the
@@ -169,4 +173,5 @@ def sample_images(
         x = ode_solve(_velocity_fn(base_policy, base_cond), x.to(base_policy.device), sigmas[split:], order=order)
         policy = base_policy
     with torch.no_grad():
-        return to_uint8(policy.decode(x))
+        images = policy.decode(x)
+    return images.float().cpu() if float_images else to_uint8(images)

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from mixgrpo_ray.policy import Policy
-from mixgrpo_ray.sampling import ode_solve, sigma_schedule
+from mixgrpo_ray.rollout import sample_images
 
 
 def sample_prompts(
@@ -26,17 +26,11 @@ def sample_prompts(
     """Deterministic ODE (Euler) samples, one per prompt, as float32 images ``(B, 3, H, W)`` in
     ``[0, 1]``. Prompt ``i`` starts from the noise of seed ``seed + i``, so results do not
     depend on ``batch_size``."""
-    sigmas = sigma_schedule(num_steps, shift)
     out = []
-    with torch.no_grad():
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start : start + batch_size])
-            x = torch.cat(
-                [policy.initial_noise(1, torch.Generator().manual_seed(seed + start + i)) for i in range(len(chunk))]
-            ).to(policy.device)
-            cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(chunk).items()}
-            x = ode_solve(lambda z, s: policy.velocity(z, s.to(policy.device), cond), x, sigmas, order=1)
-            out.append(policy.decode(x).cpu())
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        seeds = [seed + start + i for i in range(len(chunk))]
+        out.append(sample_images(policy, chunk, seeds, num_steps=num_steps, shift=shift, float_images=True))
     return torch.cat(out) if out else torch.zeros((0, *policy.latent_shape()))
 
 
