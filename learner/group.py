@@ -9,7 +9,6 @@ fetch that object themselves.
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Sequence

@@ -13,14 +13,12 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 from mixgrpo_ray.config import (
     Config,
     ConfigError,
     check_cluster_resources,
-    deep_merge,
     from_dict,
     load_preset,
     parse_override,
@@ -128,6 +126,9 @@ def run(cfg: Config, resume: str | None = None) -> int:
             ckpt = run_dir.latest_checkpoint()
             driver.restore(ckpt)
             run_dir.truncate_metrics(driver.iteration)
+            first = [r for r in run_dir.read_metrics() if r.get("iteration") == 0 and "reward_mean" not in r]
+            if first:
+                summary["before"] = {k: v for k, v in first[0].items() if k != "iteration"}
             print(f"resumed from {ckpt} at iteration {driver.iteration}", flush=True)
         else:
             driver.broadcast(bump=False)  # every actor starts from identical weights
