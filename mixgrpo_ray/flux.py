@@ -33,7 +33,7 @@ from mixgrpo_ray import flux_loading, flux_lora
 from mixgrpo_ray.config import ModelConfig
 from mixgrpo_ray.flux_text import FluxPromptEncoder
 from mixgrpo_ray.models import flux_common
-from mixgrpo_ray.policy import Cond, Policy
+from mixgrpo_ray.policy import Cond, Policy, check_state_dict
 
 PATCH = 2  # FLUX packs 2x2 latent patches into one token
 
@@ -215,17 +215,7 @@ class FluxPolicy(Policy):
             return
         if flux_loading.is_lora_state(state):
             raise ValueError("FLUX policy: got LoRA adapter weights but this policy has no adapters; set model.lora_rank")
-        own = self.transformer.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"FLUX policy: state dict does not match the transformer (missing {missing[:3]}"
-                f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
-            )
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f"FLUX policy: weight {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        check_state_dict(self.transformer.state_dict(), state, "FLUX policy: state dict does not match the transformer")
         self.transformer.load_state_dict(dict(state), strict=True)
 
     def train(self, mode: bool = True) -> "FluxPolicy":

@@ -24,6 +24,8 @@ from typing import Iterator, Mapping
 
 import torch
 
+from mixgrpo_ray.policy import check_state_dict
+
 #: full-match pattern of the adapted module names (see the module docstring)
 LORA_TARGET_PATTERN = (
     r"(transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)"
@@ -76,20 +78,13 @@ def load_lora_state_dict(transformer: torch.nn.Module, state: Mapping[str, torch
     """Copy adapter weights written by :func:`lora_state_dict` into ``transformer`` (exact key
     set and shapes required; values are cast to each adapter's dtype)."""
     params = {_published_key(n): p for n, p in lora_parameters(transformer)}
-    missing = sorted(set(params) - set(state))
-    unexpected = sorted(set(state) - set(params))
-    if missing or unexpected:
-        raise ValueError(
-            f"LoRA state dict does not match the adapters (missing {missing[:3]}"
-            f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}); "
-            f"was it written with the same model.lora_rank and architecture?"
-        )
+    check_state_dict(
+        params, state, "LoRA: state dict does not match the adapters",
+        "; was it written with the same model.lora_rank and architecture?",
+    )
     with torch.no_grad():
         for key, p in params.items():
-            value = state[key]
-            if tuple(value.shape) != tuple(p.shape):
-                raise ValueError(f"LoRA weight {key!r} has shape {tuple(value.shape)}, expected {tuple(p.shape)}")
-            p.copy_(value.to(device=p.device, dtype=p.dtype))
+            p.copy_(state[key].to(device=p.device, dtype=p.dtype))
 
 
 @contextlib.contextmanager

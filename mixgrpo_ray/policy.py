@@ -76,6 +76,25 @@ class Policy(ABC):
         return torch.randn((batch, *self.latent_shape()), generator=generator, dtype=torch.float32)
 
 
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], what: str, hint: str = ""
+) -> None:
+    """Raise ``ValueError`` (one line) unless ``state`` has exactly the keys of ``expected`` with
+    the same shapes. ``what`` names the target in the message (e.g. ``"tiny policy: state dict
+    does not match the transformer"``); ``hint`` is appended."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{what} (missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}){hint}"
+        )
+    prefix = what.split(":")[0]
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise ValueError(f"{prefix}: weight {key!r} has shape {tuple(value.shape)}, expected {tuple(expected[key].shape)}")
+
+
 def cond_select(cond: Cond, index: torch.Tensor | slice | Sequence[int]) -> Cond:
     """Rows ``index`` of every tensor in ``cond``."""
     if not isinstance(index, (slice, torch.Tensor)):

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from mixgrpo_ray.models import flux_common
-from mixgrpo_ray.policy import Cond, Policy
+from mixgrpo_ray.policy import Cond, Policy, check_state_dict
 from mixgrpo_ray.tiny import task
 
 #: where the shipped pre-trained weights live
@@ -274,18 +274,7 @@ class TinyPolicy(Policy):
         return {k: v.detach().to("cpu").clone() for k, v in self.transformer.state_dict().items()}
 
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        own = self.transformer.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise ValueError(
-                f"tiny policy: state dict does not match the transformer "
-                f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
-                f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
-            )
-        for k, v in state.items():
-            if tuple(v.shape) != tuple(own[k].shape):
-                raise ValueError(f"tiny policy: weight {k!r} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}")
+        check_state_dict(self.transformer.state_dict(), state, "tiny policy: state dict does not match the transformer")
         self.transformer.load_state_dict(dict(state), strict=True)
 
     def train(self, mode: bool = True) -> "TinyPolicy":
