@@ -114,41 +114,39 @@ class OptimConfig:
 
 
 @dataclass
-class RolloutConfig:
-    """Rollout actors."""
+class ActorResources:
+    """What each actor of a role asks Ray for, and its torch thread count."""
 
-    num_workers: int = 1
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     resources: dict = field(default_factory=dict)
     torch_threads: int = 1
+
+
+@dataclass
+class RolloutConfig(ActorResources):
+    """Rollout actors."""
+
+    num_workers: int = 1
     prompts_per_call: int = 0  # 0 = a worker's whole share in one call
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(ActorResources):
     """One reward model and its server pool."""
 
     kind: str = "prompt_following"
     weight: float = 1.0
     replicas: int = 1
     batch_size: int = 64
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    resources: dict = field(default_factory=dict)
-    torch_threads: int = 1
     options: dict = field(default_factory=dict)
 
 
 @dataclass
-class LearnerConfig:
+class LearnerConfig(ActorResources):
     """Learner group."""
 
     num_workers: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
-    resources: dict = field(default_factory=dict)
-    torch_threads: int = 1
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU), gloo, nccl
     max_staleness: int = 0  # weight versions a rollout may lag behind (0 = strictly on-policy)
     publish_dtype: str = "fp32"  # weights sent to rollout actors: fp32, or bf16 (half the traffic)
