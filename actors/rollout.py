@@ -15,9 +15,9 @@ import ray
 import torch
 
 from mixgrpo_ray.config import Config, from_dict
-from mixgrpo_ray.policies import build_policy, pick_device
-from mixgrpo_ray.rollout import RolloutSettings, sample_groups, sample_images
-from mixgrpo_ray import ray_metrics
+from mixgrpo_ray.models.build import build_policy, pick_device
+from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups, sample_images
+from mixgrpo_ray.cluster import metrics as ray_metrics
 
 
 def rollout_settings(cfg: Config) -> RolloutSettings:
@@ -94,7 +94,7 @@ class RolloutWorker:
 
     def grid_png(self, prompts: Sequence[str], seed: int, title: str = "") -> bytes:
         """A captioned PNG grid of one deterministic image per prompt."""
-        from mixgrpo_ray.images import image_grid
+        from mixgrpo_ray.common.images import image_grid
 
         images = sample_images(
             self.policy, prompts, [seed + i for i in range(len(prompts))],

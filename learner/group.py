@@ -1,7 +1,7 @@
 """The learner group: N learner actors joined in one torch.distributed process group.
 
 Rank 0 is created first and chooses the rendezvous address; every rank loads the same initial
-weights, trains on its share of each update (:func:`learner.trainer.update_plan`), and
+weights, trains on its share of each update (:func:`mixgrpo_ray.algo.update.update_plan`), and
 gradients are averaged across ranks, so all ranks hold identical weights. After an iteration
 rank 0 publishes the trainable weights once (``ray.put``) with a new version; rollout actors
 fetch that object themselves.
@@ -17,12 +17,12 @@ import ray
 import torch
 import torch.distributed as dist
 
-from learner.trainer import GRPOTrainer, OptimSettings
-from mixgrpo_ray import ray_metrics
-from mixgrpo_ray.actor_util import kill_actors
+from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings
+from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.actors import kill_actors
 from mixgrpo_ray.config import Config, from_dict
-from mixgrpo_ray.policies import build_policy, pick_device
-from mixgrpo_ray.trajectory import Trajectory
+from mixgrpo_ray.models.build import build_policy, pick_device
+from mixgrpo_ray.core.trajectory import Trajectory
 
 
 class StaleRolloutError(RuntimeError):

@@ -13,8 +13,8 @@ from typing import Sequence
 
 import torch
 
-from rewards.base import RewardModel
-from rewards.clip_common import embedder_from_pretrained
+from mixgrpo_ray.models.reward import RewardModel
+from mixgrpo_ray.rewards.clip_common import embedder_from_pretrained
 
 
 class CLIPScoreReward(RewardModel):

@@ -2,7 +2,7 @@
 
 HPS v2.1 is open_clip's ViT-H-14 fine-tuned on human preferences; its checkpoint
 (``xswu/HPSv2`` file ``HPS_v2.1_compressed.pt``) is an fp16 open_clip state dict under
-``"state_dict"``. It is converted on load (:mod:`rewards.openclip_convert`) into a ``CLIPModel``
+``"state_dict"``. It is converted on load (:mod:`mixgrpo_ray.rewards.openclip_convert`) into a ``CLIPModel``
 built from the shipped ViT-H-14 config (``rewards/configs/open_clip_vit_h_14.json``).
 
 Score = cosine of the L2-normalised image and text embeddings (no logit scale), as HPS's own
@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 from transformers import CLIPConfig, CLIPTokenizer
 
-from rewards.base import RewardModel
-from rewards.clip_common import (
+from mixgrpo_ray.models.reward import RewardModel
+from mixgrpo_ray.rewards.clip_common import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ClipEmbedder,
@@ -31,7 +31,7 @@ from rewards.clip_common import (
     resolve_device,
     resolve_dtype,
 )
-from rewards.openclip_convert import clip_model_from_open_clip, load_open_clip_state_dict
+from mixgrpo_ray.rewards.openclip_convert import clip_model_from_open_clip, load_open_clip_state_dict
 
 #: the architecture of HPS v2.1 (open_clip ViT-H-14) as a transformers CLIPConfig
 VIT_H_14_CONFIG = Path(__file__).with_name("configs") / "open_clip_vit_h_14.json"

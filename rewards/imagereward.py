@@ -13,7 +13,7 @@ Score of an image for a prompt, as in the original ``ImageReward.score``:
    ``(r - 0.16717362830052426) / 1.0333394966054072``.
 
 The checkpoint is the original ``ImageReward.pt`` + ``med_config.json``, converted at load time by
-:mod:`rewards.imagereward_convert`. Parity with the original package on the real weights is an
+:mod:`mixgrpo_ray.rewards.imagereward_convert`. Parity with the original package on the real weights is an
 open item (needs one GPU run with the checkpoint); the tests check the conversion and the forward
 against an independent re-implementation of the original modules on a tiny model.
 """
@@ -31,8 +31,8 @@ from PIL import Image
 from torch import nn
 from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
 
-from rewards.base import RewardModel, as_uint8
-from rewards.imagereward_convert import (
+from mixgrpo_ray.models.reward import RewardModel, as_uint8
+from mixgrpo_ray.rewards.imagereward_convert import (
     HEAD_WIDTHS,
     convert_head,
     convert_text,

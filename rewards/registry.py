@@ -10,18 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rewards.base import RewardModel
+from mixgrpo_ray.models.reward import RewardModel
 
 REWARD_KINDS: dict[str, str] = {
     # offline rewards of the embedded tiny task
-    "prompt_following": "rewards.toy:PromptFollowingReward",
-    "quality": "rewards.toy:QualityReward",
+    "prompt_following": "mixgrpo_ray.models.tiny.rewards:PromptFollowingReward",
+    "quality": "mixgrpo_ray.models.tiny.rewards:QualityReward",
     # real human-preference rewards (transformers-only implementations)
-    "hps": "rewards.hps:HPSv21Reward",
-    "pickscore": "rewards.pickscore:PickScoreReward",
-    "clip": "rewards.clip_score:CLIPScoreReward",
-    "imagereward": "rewards.imagereward:ImageRewardReward",
-    "unifiedreward": "rewards.unifiedreward:UnifiedRewardReward",
+    "hps": "mixgrpo_ray.rewards.hps:HPSv21Reward",
+    "pickscore": "mixgrpo_ray.rewards.pickscore:PickScoreReward",
+    "clip": "mixgrpo_ray.rewards.clip_score:CLIPScoreReward",
+    "imagereward": "mixgrpo_ray.rewards.imagereward:ImageRewardReward",
+    "unifiedreward": "mixgrpo_ray.rewards.unifiedreward:UnifiedRewardReward",
 }
 
 

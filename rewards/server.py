@@ -15,9 +15,9 @@ from typing import Sequence
 import ray
 import torch
 
-from mixgrpo_ray import ray_metrics
+from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.config import RewardConfig
-from rewards.registry import build_reward
+from mixgrpo_ray.rewards.registry import build_reward
 
 
 class RewardServer:

@@ -31,7 +31,7 @@ from typing import Sequence
 import requests
 from PIL import Image
 
-from rewards.unified_prompts import JudgeAnswer
+from mixgrpo_ray.rewards.unified_prompts import JudgeAnswer
 
 #: largest response body accepted (a judge answer is a few KB)
 MAX_RESPONSE_BYTES = 4 * 1024 * 1024

@@ -31,7 +31,7 @@ try:
 except ImportError:  # transformers 4.x: the PIL implementation is the default class
     from transformers import Qwen2VLImageProcessor as _ImageProcessor
 
-from rewards.unified_prompts import JudgeAnswer
+from mixgrpo_ray.rewards.unified_prompts import JudgeAnswer
 
 IMAGE_PAD = "<|image_pad|>"
 #: used when the checkpoint ships no chat template: the Qwen2-VL chat format

@@ -5,9 +5,9 @@ The score is the number the judge writes after ``Alignment Score (1-5):`` (templ
 decimals allowed). Two backends give the judge's answers:
 
 - ``backend="http"``: an OpenAI-compatible server (vLLM serving ``CodeGoat24/UnifiedReward-*`` as
-  model ``UnifiedReward``), see :mod:`rewards.unified_http`;
+  model ``UnifiedReward``), see :mod:`mixgrpo_ray.rewards.unified_http`;
 - ``backend="local"``: the checkpoint in this process with transformers, see
-  :mod:`rewards.unified_local`.
+  :mod:`mixgrpo_ray.rewards.unified_local`.
 
 An image whose request failed (after retries) or whose answer holds no parsable score gets
 ``NaN``, never a stand-in value; :attr:`UnifiedRewardReward.counters` counts them
@@ -24,8 +24,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from rewards.base import RewardModel, as_uint8
-from rewards.unified_prompts import SCORE_MAX, SCORE_MIN, build_question, check_template, parse_score
+from mixgrpo_ray.models.reward import RewardModel, as_uint8
+from mixgrpo_ray.rewards.unified_prompts import SCORE_MAX, SCORE_MIN, build_question, check_template, parse_score
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class UnifiedRewardReward(RewardModel):
         if backend == "http":
             if not base_url:
                 raise ValueError("unifiedreward backend 'http' needs base_url (e.g. http://judge-host:8000/v1)")
-            from rewards.unified_http import OpenAIChatJudge
+            from mixgrpo_ray.rewards.unified_http import OpenAIChatJudge
 
             self.judge = OpenAIChatJudge(
                 base_url,
@@ -93,7 +93,7 @@ class UnifiedRewardReward(RewardModel):
         elif backend == "local":
             if not model_path:
                 raise ValueError("unifiedreward backend 'local' needs model_path (a Qwen2.5-VL checkpoint folder)")
-            from rewards.unified_local import QwenVLJudge
+            from mixgrpo_ray.rewards.unified_local import QwenVLJudge
 
             self.judge = QwenVLJudge(
                 model_path,

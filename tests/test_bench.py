@@ -2,8 +2,8 @@
 
 import torch
 
-from mixgrpo_ray.bench import format_table, run_benchmark
-from mixgrpo_ray.tiny.model import TinyPolicy
+from mixgrpo_ray.run.bench import format_table, run_benchmark
+from mixgrpo_ray.models.tiny.model import TinyPolicy
 
 
 def test_benchmark_ratios_and_nfe():

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from mixgrpo_ray import config as C
-from mixgrpo_ray.train import main as train_main
+from mixgrpo_ray.run.training import main as train_main
 
 
 def test_default_is_tiny_and_presets_layer():
@@ -90,7 +90,7 @@ def test_cli_resource_error_exits_2_before_actors(capsys, monkeypatch):
     """A resource the cluster lacks: exit 2 after connecting, before any actor is created."""
     import ray
 
-    import mixgrpo_ray.train as T
+    import mixgrpo_ray.run.training as T
 
     monkeypatch.setattr(T, "connect_ray", lambda cfg: ray)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})

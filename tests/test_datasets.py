@@ -7,8 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mixgrpo_ray.datasets import HPDV2_STYLES, read_prompts, shard
-from mixgrpo_ray.prompts import load_prompts
+from mixgrpo_ray.data.datasets import HPDV2_STYLES, read_prompts, shard
+from mixgrpo_ray.data.prompts import load_prompts
 
 
 def write(path, text):

@@ -216,12 +216,12 @@ def test_runtime_env_excludes_outputs_and_environments_but_keeps_the_code_and_ti
     assert ".venv" in env["excludes"] and "runs" in env["excludes"]
     assert "working_dir" not in env, "the working dir comes from `ray job submit --working-dir`"
     assert all(isinstance(v, str) for v in env["env_vars"].values()), "Ray needs string env_vars"
-    keep = ["mixgrpo_ray/train.py", "mixgrpo_ray/presets/flux.yaml", "mixgrpo_ray/assets/tiny/model.safetensors",
-            "mixgrpo_ray/assets/tiny/config.json", "rewards/configs/vit_h_14.json", "deploy/flux_paths.yaml",
+    keep = ["mixgrpo_ray/run/training.py", "mixgrpo_ray/config/presets/flux.yaml", "mixgrpo_ray/models/tiny/assets/model.safetensors",
+            "mixgrpo_ray/models/tiny/assets/config.json", "rewards/configs/vit_h_14.json", "deploy/flux_paths.yaml",
             "data/prompts.txt", "pyproject.toml"]
     drop = [".venv/bin/python", ".venv/lib/site.py", "runs/run-1/metrics.jsonl",
             "runs/run-1/checkpoints/iter_000050/weights.safetensors", ".git/HEAD", ".git/objects/ab/cdef",
-            "mixgrpo_ray/__pycache__/train.cpython-311.pyc", "models/flux/transformer.safetensors",
+            "mixgrpo_ray/run/__pycache__/training.cpython-311.pyc", "models/flux/transformer.safetensors",
             "HPS_v2.1_compressed.pt", "mixgrpo_ray.egg-info/PKG-INFO", ".pytest_cache/v/cache"]
     for rel in keep + drop:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -231,8 +231,10 @@ def test_runtime_env_excludes_outputs_and_environments_but_keeps_the_code_and_ti
 
 def test_dockerfile_installs_every_package_the_project_ships():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    include = re.search(r"include\s*=\s*\[([^\]]*)\]", pyproject.split("[tool.setuptools.packages.find]")[1]).group(1)
-    packages = {p.strip().strip('"').rstrip("*") for p in include.split(",") if p.strip()}
+    import tomllib
+
+    package_dir = tomllib.loads(pyproject)["tool"]["setuptools"]["package-dir"]
+    packages = set(package_dir.values())  # the folders the installed packages come from
     docker = (DEPLOY / "Dockerfile").read_text()
     copied = set(re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)\s", docker, flags=re.M))
     assert packages <= copied, f"deploy/Dockerfile does not copy {packages - copied}"

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from mixgrpo_ray import evaluate
+from mixgrpo_ray.run import evaluation as evaluate
 from mixgrpo_ray.config import resolve
-from mixgrpo_ray.prompts import load_prompts
-from mixgrpo_ray.rollout import sample_images
-from mixgrpo_ray.tiny.model import TinyPolicy
-from rewards.registry import build_reward
+from mixgrpo_ray.data.prompts import load_prompts
+from mixgrpo_ray.algo.rollout import sample_images
+from mixgrpo_ray.models.tiny.model import TinyPolicy
+from mixgrpo_ray.rewards.registry import build_reward
 
 STEPS, PROMPTS, SEEDS = 6, 5, 2
 OVERRIDES = [f"sampling.num_steps={STEPS}", "window.initial_start=0", f"data.eval_prompts={PROMPTS}", f"data.eval_seeds={SEEDS}",

@@ -4,13 +4,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from learner.trainer import GRPOTrainer, OptimSettings, update_plan
+from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings, update_plan
 from mixgrpo_ray.config import ModelConfig, resolve
-from mixgrpo_ray.flux import FluxPolicy, load_for_mixed_sampling, load_trained_weights
-from mixgrpo_ray.flux_text import FluxPromptEncoder
-from mixgrpo_ray.policies import build_policy
-from mixgrpo_ray.policy import Policy
-from mixgrpo_ray.rollout import RolloutSettings, sample_groups, sample_images
+from mixgrpo_ray.models.flux.policy import FluxPolicy, load_for_mixed_sampling, load_trained_weights
+from mixgrpo_ray.models.flux.text import FluxPromptEncoder
+from mixgrpo_ray.models.build import build_policy
+from mixgrpo_ray.models.policy import Policy
+from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups, sample_images
 from tiny_flux import IMAGE_SIZE, LATENT_CHANNELS, build_tiny_flux
 
 PROMPTS = ["a red cat", "the dog on the mat"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mixgrpo_ray.grpo import group_advantages, grpo_loss
+from mixgrpo_ray.core.grpo import group_advantages, grpo_loss
 
 
 def ref_norm(row):

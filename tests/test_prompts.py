@@ -2,7 +2,7 @@
 
 import pytest
 
-from mixgrpo_ray.prompts import PromptSampler, load_prompts
+from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
 
 
 def test_builtin_sets_and_limit():

@@ -9,13 +9,13 @@ import torch
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ray = pytest.importorskip("ray")
 
-from learner.group import LearnerGroup  # noqa: E402
-from learner.trainer import update_plan  # noqa: E402
+from mixgrpo_ray.learner.group import LearnerGroup  # noqa: E402
+from mixgrpo_ray.algo.update import update_plan  # noqa: E402
 from mixgrpo_ray.config import resolve  # noqa: E402
-from mixgrpo_ray.rollout import RolloutSettings, sample_groups  # noqa: E402
-from mixgrpo_ray.run_dir import RunDir  # noqa: E402
-from mixgrpo_ray.tiny.model import TinyPolicy  # noqa: E402
-from mixgrpo_ray.train import run  # noqa: E402
+from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups  # noqa: E402
+from mixgrpo_ray.run.run_dir import RunDir  # noqa: E402
+from mixgrpo_ray.models.tiny.model import TinyPolicy  # noqa: E402
+from mixgrpo_ray.run.training import run  # noqa: E402
 
 GRIDS = ["run.grid_every=2", "run.grid_prompts=2"]
 SMALL = [
@@ -170,7 +170,7 @@ def test_resume_gives_the_same_next_iteration(local_ray, tmp_path):
 
 
 def test_publish_dtype_bf16_halves_the_broadcast(local_ray):
-    from learner.group import LearnerWorker
+    from mixgrpo_ray.learner.group import LearnerWorker
 
     for dtype, expect in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         cfg = resolve(None, ["model.path=random", f"learner.publish_dtype={dtype}"])

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rewards.clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
-from rewards.hps import VIT_H_14_CONFIG, HPSv21Reward
-from rewards.openclip_convert import clip_model_from_open_clip, convert_open_clip_state_dict
-from rewards.registry import build_reward
+from mixgrpo_ray.rewards.clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
+from mixgrpo_ray.rewards.hps import VIT_H_14_CONFIG, HPSv21Reward
+from mixgrpo_ray.rewards.openclip_convert import clip_model_from_open_clip, convert_open_clip_state_dict
+from mixgrpo_ray.rewards.registry import build_reward
 from tiny_clip import SOT, EOT, tiny_clip_config, tiny_vocab, write_tiny_tokenizer
 
 HEADS = 4  # tiny_clip_config uses 4 heads in both towers

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rewards.imagereward import (
+from mixgrpo_ray.rewards.imagereward import (
     CLIP_MEAN,
     CLIP_STD,
     MAX_TEXT_LENGTH,
@@ -26,8 +26,8 @@ from rewards.imagereward import (
     ImageRewardReward,
     imagereward_pixels,
 )
-from rewards.imagereward_convert import convert_head, split_original_state_dict
-from rewards.registry import build_reward
+from mixgrpo_ray.rewards.imagereward_convert import convert_head, split_original_state_dict
+from mixgrpo_ray.rewards.registry import build_reward
 from tiny_imagereward import HEAD_INDICES, TEXT, VISION, VOCAB, original_state_dict, write_checkpoint
 
 PROMPTS = [

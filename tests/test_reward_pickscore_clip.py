@@ -12,10 +12,10 @@ from PIL import Image
 from transformers import CLIPModel
 from transformers.models.clip import CLIPImageProcessorPil
 
-from rewards.clip_common import ImagePreprocess, clean_prompt_open_clip, resolve_dtype
-from rewards.clip_score import CLIPScoreReward
-from rewards.pickscore import PickScoreReward
-from rewards.registry import build_reward
+from mixgrpo_ray.rewards.clip_common import ImagePreprocess, clean_prompt_open_clip, resolve_dtype
+from mixgrpo_ray.rewards.clip_score import CLIPScoreReward
+from mixgrpo_ray.rewards.pickscore import PickScoreReward
+from mixgrpo_ray.rewards.registry import build_reward
 from tiny_clip import save_tiny_clip
 
 PROMPTS = ["the red cat", "a dog", "the red cat", "red dog on the cat", "cat"]

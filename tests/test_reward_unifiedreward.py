@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards.registry import build_reward
-from rewards.unified_local import FALLBACK_PROMPT, QwenVLJudge
-from rewards.unified_prompts import build_question, parse_score
-from rewards.unifiedreward import UnifiedRewardReward, to_pil
+from mixgrpo_ray.rewards.registry import build_reward
+from mixgrpo_ray.rewards.unified_local import FALLBACK_PROMPT, QwenVLJudge
+from mixgrpo_ray.rewards.unified_prompts import build_question, parse_score
+from mixgrpo_ray.rewards.unifiedreward import UnifiedRewardReward, to_pil
 from stub_chat_server import StubChatServer
 from tiny_qwen import write_tiny_qwen
 

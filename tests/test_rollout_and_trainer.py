@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from learner.trainer import GRPOTrainer, OptimSettings, update_plan
-from mixgrpo_ray.rollout import RolloutSettings, sample_groups, sample_images
-from mixgrpo_ray.sampling import sde_log_prob, sde_mean_std, sigma_schedule
-from mixgrpo_ray.trajectory import Trajectory
+from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings, update_plan
+from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups, sample_images
+from mixgrpo_ray.core.sampling import sde_log_prob, sde_mean_std, sigma_schedule
+from mixgrpo_ray.core.trajectory import Trajectory
 from toy_policy import ToyPolicy
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle"]
@@ -129,8 +129,8 @@ def test_trajectory_select_and_concat():
 def test_shared_prefix_shortcut_equals_full_group_rollout():
     """With shared group noise the pre-window ODE runs once per prompt; the result must equal
     running it for every member of the group."""
-    from mixgrpo_ray.policy import cond_repeat
-    from mixgrpo_ray.sampling import mixed_rollout
+    from mixgrpo_ray.models.policy import cond_repeat
+    from mixgrpo_ray.core.sampling import mixed_rollout
 
     pol = ToyPolicy()
     out = sample_groups(pol, PROMPTS[:2], 3, [5, 6, 7], RolloutSettings(), seed=4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixgrpo_ray import sampling as S
+from mixgrpo_ray.core import sampling as S
 
 T, SHIFT = 25, 3.0
 

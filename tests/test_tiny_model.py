@@ -11,12 +11,12 @@ import torch
 from diffusers import FluxTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import FluxPipeline
 
-from mixgrpo_ray.models import flux_common
-from mixgrpo_ray.policy import Policy, cond_repeat
-from mixgrpo_ray.tiny import task
-from mixgrpo_ray.tiny.evaluate import sample_prompts
-from mixgrpo_ray.tiny.model import ASSET_DIR, TinyConfig, TinyPolicy
-from rewards.toy import PromptFollowingReward, QualityReward
+from mixgrpo_ray.models.flux import common as flux_common
+from mixgrpo_ray.models.policy import Policy, cond_repeat
+from mixgrpo_ray.models.tiny import task
+from mixgrpo_ray.run.tiny_eval import sample_prompts
+from mixgrpo_ray.models.tiny.model import ASSET_DIR, TinyConfig, TinyPolicy
+from mixgrpo_ray.models.tiny.rewards import PromptFollowingReward, QualityReward
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +157,7 @@ def test_shipped_weights_are_small_and_documented():
 
 def test_shipped_weights_load_offline():
     code = (
-        "import torch; from mixgrpo_ray.tiny.model import TinyPolicy; p = TinyPolicy.from_pretrained(); "
+        "import torch; from mixgrpo_ray.models.tiny.model import TinyPolicy; p = TinyPolicy.from_pretrained(); "
         "c = p.encode_prompts(['a small red circle on a white background, top left']); "
         "v = p.velocity(p.initial_noise(1), torch.ones(1), c); assert torch.isfinite(v).all(); print('ok')"
     )
@@ -209,7 +209,7 @@ def test_velocity_is_fast_enough_for_rollouts(base, one_thread):
 
 # ------------------------------------------------------------------------------ pre-training
 def test_pretraining_runs_reproducibly_and_the_result_loads(tmp_path, capsys):
-    from mixgrpo_ray.tiny import pretrain
+    from mixgrpo_ray.run import pretrain_tiny as pretrain
 
     args = ["--steps", "3", "--batch-size", "4", "--warmup", "1", "--no-eval", "--quiet", "--seed", "7"]
     assert pretrain.main(["--out", str(tmp_path / "a"), *args]) == 0
@@ -236,7 +236,7 @@ def test_pretraining_runs_reproducibly_and_the_result_loads(tmp_path, capsys):
     ],
 )
 def test_pretraining_rejects_bad_input_with_one_line(tmp_path, capsys, argv, message):
-    from mixgrpo_ray.tiny import pretrain
+    from mixgrpo_ray.run import pretrain_tiny as pretrain
 
     assert pretrain.main(["--out", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -248,7 +248,7 @@ def test_sample_grid_writes_a_png_and_loads_checkpoints(tmp_path, capsys, base):
     from PIL import Image
     from safetensors.torch import save_file
 
-    from mixgrpo_ray import sample_grid
+    from mixgrpo_ray.run import sample_grid
 
     ckpt = tmp_path / "trainable.safetensors"
     save_file(TinyPolicy(seed=3).trainable_state_dict(), str(ckpt))
@@ -274,7 +274,7 @@ def test_sample_grid_writes_a_png_and_loads_checkpoints(tmp_path, capsys, base):
     ],
 )
 def test_sample_grid_rejects_bad_input_with_one_line(tmp_path, capsys, argv, message):
-    from mixgrpo_ray import sample_grid
+    from mixgrpo_ray.run import sample_grid
 
     assert sample_grid.main(["--out", str(tmp_path / "g.png"), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -282,7 +282,7 @@ def test_sample_grid_rejects_bad_input_with_one_line(tmp_path, capsys, argv, mes
 
 
 def test_image_grid_layout():
-    from mixgrpo_ray.images import image_grid
+    from mixgrpo_ray.common.images import image_grid
 
     images = torch.rand(6, 3, 32, 32)
     grid = image_grid(images, captions=["a long caption that has to wrap over several lines"] * 6,

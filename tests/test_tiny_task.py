@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mixgrpo_ray.tiny import task
+from mixgrpo_ray.models.tiny import task
 
 
 def test_every_phrasing_of_every_combination_parses_back():

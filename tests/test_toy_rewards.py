@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from mixgrpo_ray.tiny import task
-from rewards.registry import build_reward
-from rewards.toy import PromptFollowingReward, QualityReward
+from mixgrpo_ray.models.tiny import task
+from mixgrpo_ray.rewards.registry import build_reward
+from mixgrpo_ray.models.tiny.rewards import PromptFollowingReward, QualityReward
 
 
 @pytest.fixture(scope="module")

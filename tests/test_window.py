@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from mixgrpo_ray.window import SlidingWindow
+from mixgrpo_ray.core.window import SlidingWindow
 
 T = 25
 

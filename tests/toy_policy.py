@@ -6,7 +6,7 @@ import zlib
 
 import torch
 
-from mixgrpo_ray.policy import Policy
+from mixgrpo_ray.models.policy import Policy
 
 
 class ToyPolicy(Policy):

@@ -1,1 +1,1 @@
-"""Model code shared by the policies (FLUX transformer calling conventions)."""
+"""Policies and reward interfaces: the ``Policy`` adapter, the ``RewardModel`` plug-in base, FLUX.1 (``flux``) and the embedded tiny model with its task and offline rewards (``tiny``)."""

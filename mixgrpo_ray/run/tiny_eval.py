@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from mixgrpo_ray.policy import Policy
-from mixgrpo_ray.rollout import sample_images
+from mixgrpo_ray.models.policy import Policy
+from mixgrpo_ray.algo.rollout import sample_images
 
 
 def sample_prompts(
@@ -44,6 +44,6 @@ def mean_and_sem(scores: torch.Tensor) -> tuple[float, float]:
 
 def score_images(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, tuple[float, float]]:
     """``{reward name: (mean, standard error)}`` of the task's offline rewards."""
-    from rewards.toy import PromptFollowingReward, QualityReward
+    from mixgrpo_ray.models.tiny.rewards import PromptFollowingReward, QualityReward
 
     return {r.name: mean_and_sem(r(images, list(prompts))) for r in (PromptFollowingReward(), QualityReward())}

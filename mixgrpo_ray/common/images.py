@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from rewards.base import as_uint8
+from mixgrpo_ray.models.reward import as_uint8
 
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)

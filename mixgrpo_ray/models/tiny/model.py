@@ -2,7 +2,7 @@
 
 * **Latent.** The sampler works on the image itself, ``(batch, 3, 32, 32)`` float32 in
   ``[-1, 1]`` (image ``= (latent + 1) / 2``). Inside :meth:`TinyPolicy.velocity` the latent is
-  packed as FLUX packs latents (:mod:`mixgrpo_ray.models.flux_common`), with 8x8 patches: 16
+  packed as FLUX packs latents (:mod:`mixgrpo_ray.models.flux.common`), with 8x8 patches: 16
   tokens of 192 channels.
 * **Denoiser.** diffusers' own ``FluxTransformer2DModel`` at a tiny size (hidden width 64, one
   double-stream and two single-stream blocks, rotary ids, ``timestep = sigma``, pooled
@@ -11,13 +11,13 @@
   predicts the clean image ``x0_hat`` and the policy returns the flow velocity implied by it,
   ``v = (x - x0_hat) / sigma`` (so ``x - sigma * v`` is exactly ``x0_hat``, and an Euler step
   to ``sigma = 0`` lands on it). Trained with the flow-matching loss on ``v`` (see
-  :mod:`mixgrpo_ray.tiny.pretrain`).
+  :mod:`mixgrpo_ray.run.pretrain_tiny`).
 * **Text encoder.** Our own: word-level vocabulary of the task grammar, embeddings + one
   transformer layer, resampled by attention to 4 text tokens (``encoder_hidden_states``) and
   mean-pooled to the pooled projection. Trained jointly in pre-training, frozen afterwards:
   only the transformer is trainable by RL.
 
-``TinyPolicy.from_pretrained()`` loads the weights shipped in ``mixgrpo_ray/assets/tiny``
+``TinyPolicy.from_pretrained()`` loads the weights shipped in ``mixgrpo_ray/models/tiny/assets``
 (no network); ``TinyPolicy()`` is a random initialisation.
 """
 
@@ -32,12 +32,12 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from mixgrpo_ray.models import flux_common
-from mixgrpo_ray.policy import Cond, Policy, check_state_dict
-from mixgrpo_ray.tiny import task
+from mixgrpo_ray.models.flux import common as flux_common
+from mixgrpo_ray.models.policy import Cond, Policy, check_state_dict
+from mixgrpo_ray.models.tiny import task
 
 #: where the shipped pre-trained weights live
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "tiny"
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>")
@@ -168,7 +168,7 @@ class TinyPolicy(Policy):
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "TinyPolicy":
         """Load ``config.json`` + ``model.safetensors`` from ``path`` (default: the shipped
-        weights in ``mixgrpo_ray/assets/tiny``). Local files only."""
+        weights in ``mixgrpo_ray/models/tiny/assets``). Local files only."""
         from safetensors.torch import load_file
 
         root = Path(path) if path is not None else ASSET_DIR

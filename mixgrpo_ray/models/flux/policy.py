@@ -4,7 +4,7 @@
   ``(C, H/f, W/f)`` (``f`` the VAE scale factor, 8 for FLUX; ``C = 16``) cut into 2x2 patches, one
   token of ``4C`` channels per patch, so one latent is ``(H/2f * W/2f, 4C)`` float32 —
   ``(2025, 64)`` at 720x720. Packing, image/text position ids and the transformer call follow
-  ``FluxPipeline`` (:mod:`mixgrpo_ray.models.flux_common`). :meth:`FluxPolicy.initial_noise` draws
+  ``FluxPipeline`` (:mod:`mixgrpo_ray.models.flux.common`). :meth:`FluxPolicy.initial_noise` draws
   the unpacked latent and packs it, as ``FluxPipeline.prepare_latents`` does.
 * **Velocity.** ``transformer(x, timestep = sigma, guidance = model.guidance, T5 tokens, CLIP
   pooled)``; FLUX predicts the flow velocity directly. ``timestep_decimals`` (default off) floors
@@ -15,10 +15,10 @@
 * **Decode.** Unpack, ``latents / scaling_factor + shift_factor``, VAE decode, ``[-1, 1] -> [0, 1]``.
 * **Weights.** Learner (``trainable=True``): full fine-tuning keeps fp32 master weights of the
   transformer and trains all of them; with ``model.lora_rank > 0`` the transformer is frozen (in
-  the compute dtype) and only fp32 LoRA adapters train (:mod:`mixgrpo_ray.flux_lora`); what is
+  the compute dtype) and only fp32 LoRA adapters train (:mod:`mixgrpo_ray.models.flux.lora`); what is
   published to rollout actors and written to checkpoints is exactly the trainable set. Rollout
   actors (``trainable=False``) hold everything in the compute dtype. Text encoders and VAE are
-  always frozen in eval mode; prompt encodings are cached (:mod:`mixgrpo_ray.flux_text`).
+  always frozen in eval mode; prompt encodings are cached (:mod:`mixgrpo_ray.models.flux.text`).
 """
 
 from __future__ import annotations
@@ -29,17 +29,17 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
-from mixgrpo_ray import flux_loading, flux_lora
+from mixgrpo_ray.models.flux import loading as flux_loading, lora as flux_lora
 from mixgrpo_ray.config import ModelConfig
-from mixgrpo_ray.flux_text import FluxPromptEncoder
-from mixgrpo_ray.models import flux_common
-from mixgrpo_ray.policy import Cond, Policy, check_state_dict
+from mixgrpo_ray.models.flux.text import FluxPromptEncoder
+from mixgrpo_ray.models.flux import common as flux_common
+from mixgrpo_ray.models.policy import Cond, Policy, check_state_dict
 
 PATCH = 2  # FLUX packs 2x2 latent patches into one token
 
 
 class FluxPolicy(Policy):
-    """A FLUX text-to-image model behind the :class:`~mixgrpo_ray.policy.Policy` interface (see
+    """A FLUX text-to-image model behind the :class:`~mixgrpo_ray.models.policy.Policy` interface (see
     the module docstring). Build it with :meth:`from_model_config`."""
 
     name = "flux"
@@ -247,7 +247,7 @@ def load_for_mixed_sampling(
     model: ModelConfig, checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[FluxPolicy, FluxPolicy]:
     """``(trained, base)`` policies for test-time mixed-model sampling (SPEC §8, with
-    :func:`mixgrpo_ray.rollout.sample_images`). With LoRA the base is :meth:`FluxPolicy.base_view`
+    :func:`mixgrpo_ray.algo.rollout.sample_images`). With LoRA the base is :meth:`FluxPolicy.base_view`
     of the trained policy (one copy of everything); with full fine-tuning the base gets its own
     transformer from ``model.path`` but shares text encoders, prompt cache and VAE."""
     trained = load_trained_weights(FluxPolicy.from_model_config(model, device=device, trainable=False), checkpoint)

@@ -2,7 +2,7 @@
 
 A source is ``tiny:train`` / ``tiny:eval`` (the built-in task's prompt sets, optionally ``:N`` for the
 first N) or a local file read
-by :mod:`mixgrpo_ray.datasets` (txt, jsonl, json, parquet, HPDv2 layout).
+by :mod:`mixgrpo_ray.data.datasets` (txt, jsonl, json, parquet, HPDv2 layout).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 def load_prompts(source: str) -> list[str]:
     """The prompts of ``source`` (raises ``ValueError`` / ``FileNotFoundError`` with one clear line)."""
     if source.startswith("tiny:"):
-        from mixgrpo_ray.datasets import _split_limit
-        from mixgrpo_ray.tiny import task
+        from mixgrpo_ray.data.datasets import _split_limit
+        from mixgrpo_ray.models.tiny import task
 
         name, limit = _split_limit(source)
         split = name.split(":", 1)[1]
@@ -26,7 +26,7 @@ def load_prompts(source: str) -> list[str]:
         else:
             raise ValueError(f"unknown built-in prompt set {source!r}; use tiny:train or tiny:eval (optionally :N)")
         return prompts if limit is None else prompts[:limit]
-    from mixgrpo_ray.datasets import read_prompts
+    from mixgrpo_ray.data.datasets import read_prompts
 
     return read_prompts(source)
 

@@ -16,10 +16,10 @@ from typing import Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from mixgrpo_ray.grpo import grpo_loss
-from mixgrpo_ray.policy import Policy
-from mixgrpo_ray.sampling import sde_log_prob, sde_mean_std
-from mixgrpo_ray.trajectory import Trajectory
+from mixgrpo_ray.core.grpo import grpo_loss
+from mixgrpo_ray.models.policy import Policy
+from mixgrpo_ray.core.sampling import sde_log_prob, sde_mean_std
+from mixgrpo_ray.core.trajectory import Trajectory
 
 
 @dataclass

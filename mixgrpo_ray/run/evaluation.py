@@ -93,7 +93,7 @@ def find_checkpoint(path: str) -> Path:
         if (p / WEIGHTS_FILE).is_file():
             return p / WEIGHTS_FILE
         if (p / "checkpoints").is_dir():
-            from mixgrpo_ray.run_dir import RunDir
+            from mixgrpo_ray.run.run_dir import RunDir
 
             latest = RunDir(p).latest_checkpoint()
             if latest is not None and (latest / WEIGHTS_FILE).is_file():
@@ -168,7 +168,7 @@ class ModelResult:
 
 def build_rewards(cfg: Config) -> dict:
     """Every configured reward model, in-process, by name."""
-    from rewards.registry import build_reward
+    from mixgrpo_ray.rewards.registry import build_reward
 
     out = {}
     for name, rc in cfg.rewards.items():
@@ -197,7 +197,7 @@ def score_model(
     """Sample one image per (prompt, seed), prompt-major, and score each batch with every reward."""
     from tqdm import tqdm
 
-    from mixgrpo_ray.rollout import sample_images
+    from mixgrpo_ray.algo.rollout import sample_images
 
     pairs = [(p, s) for p in prompts for s in seeds]
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in rewards}
@@ -305,7 +305,7 @@ def grid_png(images: torch.Tensor, captions: Sequence[str], title: str, columns:
     :data:`GRID_CELL` are shrunk to it (antialiased), small ones enlarged by whole factors."""
     import torch.nn.functional as F
 
-    from mixgrpo_ray.images import image_grid
+    from mixgrpo_ray.common.images import image_grid
 
     height, width = images.shape[-2:]
     scale = max(1, GRID_CELL // width)
@@ -366,7 +366,7 @@ def _release_memory() -> None:
 
 
 def _build(cfg: Config, device: torch.device):
-    from mixgrpo_ray.policies import build_policy
+    from mixgrpo_ray.models.build import build_policy
 
     try:
         return build_policy(cfg.model, device, trainable=False)
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate as ``args`` says; returns 0 (input problems raise :class:`EvalError`)."""
-    from mixgrpo_ray.prompts import load_prompts
+    from mixgrpo_ray.data.prompts import load_prompts
 
     if not 0 < args.mix_fraction <= 1:
         raise EvalError(f"--mix-fraction must be in (0, 1], got {args.mix_fraction:g} (0.8 is the paper's choice)")

@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from mixgrpo_ray.policy import Policy, cond_repeat
-from mixgrpo_ray.sampling import mixed_rollout, ode_solve, sigma_schedule
-from mixgrpo_ray.trajectory import Trajectory
-from rewards.base import as_uint8
+from mixgrpo_ray.models.policy import Policy, cond_repeat
+from mixgrpo_ray.core.sampling import mixed_rollout, ode_solve, sigma_schedule
+from mixgrpo_ray.core.trajectory import Trajectory
+from mixgrpo_ray.models.reward import as_uint8
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from mixgrpo_ray.policy import Cond
+from mixgrpo_ray.models.policy import Cond
 
 
 class FluxPromptEncoder:

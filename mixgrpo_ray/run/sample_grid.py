@@ -60,7 +60,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 def spread_eval_prompts(num: int) -> list[str]:
     """``num`` held-out prompts spread evenly over the held-out set (which is ordered by
     background, then colour), so a grid shows every colour and background."""
-    from mixgrpo_ray.tiny import task
+    from mixgrpo_ray.models.tiny import task
 
     pool = task.eval_prompts()
     num = min(num, len(pool))
@@ -107,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from mixgrpo_ray.images import save_grid
-    from mixgrpo_ray.tiny.evaluate import sample_prompts, score_images
-    from mixgrpo_ray.tiny.model import TinyPolicy
+    from mixgrpo_ray.common.images import save_grid
+    from mixgrpo_ray.run.tiny_eval import sample_prompts, score_images
+    from mixgrpo_ray.models.tiny.model import TinyPolicy
 
     torch.set_num_threads(args.threads)
     try:

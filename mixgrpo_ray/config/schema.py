@@ -1,7 +1,7 @@
 """Typed run configuration: dataclasses, YAML presets, ``key.sub=value`` overrides, validation.
 
 A configuration is built from one or more presets (shipped YAML files in
-``mixgrpo_ray/presets/`` named by stem, or paths) merged in order, then command-line overrides
+``mixgrpo_ray/config/presets/`` named by stem, or paths) merged in order, then command-line overrides
 ``section.key=value`` (values parsed as YAML: ``3``, ``1e-4``, ``true``, ``[0.9, 0.999]``).
 Everything is validated before any actor starts; a problem raises :class:`ConfigError` whose
 message is one line saying what is wrong and how to fix it.
@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import yaml
 
-PRESET_PACKAGE = "mixgrpo_ray.presets"
+PRESET_PACKAGE = "mixgrpo_ray.config.presets"
 DEFAULT_PRESET = "tiny"
 
 
@@ -390,8 +390,8 @@ def _choice(value: str, choices: tuple, where: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check ranges and combinations that cannot work (before any actor starts)."""
-    from mixgrpo_ray.window import AT_END, INTERVAL_SCHEDULES, STRATEGIES
-    from rewards.registry import REWARD_KINDS
+    from mixgrpo_ray.core.window import AT_END, INTERVAL_SCHEDULES, STRATEGIES
+    from mixgrpo_ray.rewards.registry import REWARD_KINDS
 
     s, w, g, o = cfg.sampling, cfg.window, cfg.grpo, cfg.optim
     _choice(cfg.model.kind, ("tiny", "flux"), "model.kind")

@@ -17,17 +17,17 @@ from typing import Optional
 import ray
 import torch
 
-from actors.rollout import create_rollout_workers
-from learner.group import LearnerGroup
-from learner.trainer import update_plan
-from mixgrpo_ray import ray_metrics
-from mixgrpo_ray.actor_util import kill_actors
+from mixgrpo_ray.actors.rollout import create_rollout_workers
+from mixgrpo_ray.learner.group import LearnerGroup
+from mixgrpo_ray.algo.update import update_plan
+from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.actors import kill_actors
 from mixgrpo_ray.config import Config
-from mixgrpo_ray.grpo import group_advantages
-from mixgrpo_ray.prompts import PromptSampler, load_prompts
-from mixgrpo_ray.run_dir import RunDir
-from mixgrpo_ray.window import SlidingWindow
-from rewards.server import create_reward_pools
+from mixgrpo_ray.core.grpo import group_advantages
+from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
+from mixgrpo_ray.run.run_dir import RunDir
+from mixgrpo_ray.core.window import SlidingWindow
+from mixgrpo_ray.rewards.server import create_reward_pools
 
 
 def make_window(cfg: Config) -> SlidingWindow:

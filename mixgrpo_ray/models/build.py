@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mixgrpo_ray.config import ModelConfig
-from mixgrpo_ray.policy import Policy
+from mixgrpo_ray.models.policy import Policy
 
 
 def pick_device(num_gpus: float) -> torch.device:
@@ -19,13 +19,13 @@ def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trai
     """The policy ``model`` describes, on ``device``. ``trainable=False`` (rollout actors) may
     skip optimiser-only state such as fp32 master copies."""
     if model.kind == "tiny":
-        from mixgrpo_ray.tiny.model import TinyPolicy
+        from mixgrpo_ray.models.tiny.model import TinyPolicy
 
         # path "random": a seeded random initialisation (tests, ablations); else the shipped weights
         policy = TinyPolicy(seed=0) if model.path == "random" else TinyPolicy.from_pretrained(model.path)
         return policy.to(device)
     if model.kind == "flux":
-        from mixgrpo_ray.flux import FluxPolicy
+        from mixgrpo_ray.models.flux.policy import FluxPolicy
 
         return FluxPolicy.from_model_config(model, device=device, trainable=trainable)
     raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny or flux")

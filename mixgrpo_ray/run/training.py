@@ -1,4 +1,4 @@
-"""``mixgrpo-ray train`` / ``python -m mixgrpo_ray.train``: run MixGRPO training on Ray.
+"""``mixgrpo-ray train`` / ``python -m mixgrpo_ray.run.training``: run MixGRPO training on Ray.
 
 Connects to the cluster in ``ray.address`` or ``RAY_ADDRESS`` (as ``ray job submit`` sets it),
 else starts a local Ray sized for the configured actors. The configuration is validated, and
@@ -109,8 +109,8 @@ def run(cfg: Config, resume: str | None = None) -> int:
     """Train with ``cfg`` in a new run directory (or continue ``resume``); returns 0."""
     from tqdm import tqdm
 
-    from mixgrpo_ray.driver import Driver
-    from mixgrpo_ray.run_dir import RunDir
+    from mixgrpo_ray.run.driver import Driver
+    from mixgrpo_ray.run.run_dir import RunDir
 
     if resume:
         run_dir = RunDir(resume)

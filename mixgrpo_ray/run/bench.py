@@ -1,6 +1,6 @@
 """Side-by-side cost per iteration of DanceGRPO, MixGRPO, MixGRPO-Flash and Flash* (SPEC §9).
 
-``python -m mixgrpo_ray.bench`` (or ``make bench``) runs the two costly phases of an iteration —
+``python -m mixgrpo_ray.run.bench`` (or ``make bench``) runs the two costly phases of an iteration —
 rollout (sampling a group with the old policy) and the learner's GRPO update — for every
 variant on the same model, batch and machine, interleaving the variants round by round so that
 machine noise hits them alike, and prints each variant's time as a ratio to DanceGRPO's next to
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from learner.trainer import GRPOTrainer, OptimSettings, update_plan
-from mixgrpo_ray.rollout import RolloutSettings, sample_groups
+from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings, update_plan
+from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups
 
 PAPER_RATIO = {"dancegrpo": 1.0, "mixgrpo": 0.52, "mixgrpo_flash": 0.39, "mixgrpo_flash_star": 0.29}
 
@@ -97,7 +97,7 @@ def format_table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mixgrpo_ray.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mixgrpo_ray.run.bench", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=6, help="iterations per variant (interleaved)")
     p.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
     p.add_argument("--group", type=int, default=12, help="images per prompt (SPEC: 12)")
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: error: --rounds, --prompts, --threads must be >= 1 and --group >= 2", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    from mixgrpo_ray.tiny import task
-    from mixgrpo_ray.tiny.model import TinyPolicy
+    from mixgrpo_ray.models.tiny import task
+    from mixgrpo_ray.models.tiny.model import TinyPolicy
 
     policy = TinyPolicy.from_pretrained()
     prompts = task.train_prompts()[: args.prompts]

@@ -24,7 +24,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from mixgrpo_ray.policy import check_state_dict
+from mixgrpo_ray.models.policy import check_state_dict
 
 #: full-match pattern of the adapted module names (see the module docstring)
 LORA_TARGET_PATTERN = (

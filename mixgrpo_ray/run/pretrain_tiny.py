@@ -10,7 +10,7 @@ that a rare tiny sigma does not blow up a step. Text encoder and transformer tra
 (AdamW, linear warm-up, cosine decay). Seeded and reproducible on a fixed thread count.
 
 Writes ``config.json`` (architecture, these options, the held-out scores) and
-``model.safetensors`` into ``--out``. The shipped model in ``mixgrpo_ray/assets/tiny`` was made
+``model.safetensors`` into ``--out``. The shipped model in ``mixgrpo_ray/models/tiny/assets`` was made
 with the options recorded in its ``config.json``.
 """
 
@@ -93,7 +93,7 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
 
 def flow_matching_loss(policy, prompts, images_uint8, generator, sigma_shift, weight_floor) -> torch.Tensor:
     """The capped-weight flow-matching loss of one batch (see the module docstring)."""
-    from mixgrpo_ray.sampling import shift_time
+    from mixgrpo_ray.core.sampling import shift_time
 
     x0 = images_uint8.float() / 127.5 - 1.0
     batch = x0.shape[0]
@@ -109,8 +109,8 @@ def flow_matching_loss(policy, prompts, images_uint8, generator, sigma_shift, we
 
 def evaluate(policy, n_prompts: int, seed: int = 0) -> dict[str, list[float]]:
     """Held-out ``{reward: [mean, sem]}`` of 25-step Euler (shift 3) samples."""
-    from mixgrpo_ray.tiny import task
-    from mixgrpo_ray.tiny.evaluate import sample_prompts, score_images
+    from mixgrpo_ray.models.tiny import task
+    from mixgrpo_ray.run.tiny_eval import sample_prompts, score_images
 
     prompts = task.eval_prompts()[:n_prompts]
     policy.transformer.eval()
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tqdm import tqdm
 
-    from mixgrpo_ray.tiny import task
-    from mixgrpo_ray.tiny.model import TinyPolicy
+    from mixgrpo_ray.models.tiny import task
+    from mixgrpo_ray.models.tiny.model import TinyPolicy
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

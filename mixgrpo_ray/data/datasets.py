@@ -2,7 +2,7 @@
 
 :func:`read_prompts` turns a *source* string into a list of prompts, in file order, duplicates
 kept, each stripped of surrounding whitespace. (``tiny:train`` / ``tiny:eval``, the built-in
-task, are handled by :func:`mixgrpo_ray.prompts.load_prompts`, which calls this for everything
+task, are handled by :func:`mixgrpo_ray.data.prompts.load_prompts`, which calls this for everything
 else.)
 
 Sources

@@ -1,4 +1,4 @@
-"""Offline rewards of the embedded tiny model's task (``mixgrpo_ray.tiny.task``), from pixels.
+"""Offline rewards of the embedded tiny model's task (``mixgrpo_ray.models.tiny.task``), from pixels.
 
 * :class:`PromptFollowingReward` (``"prompt_following"``): does the image show what the prompt
   asks — the background colour, an object of the requested colour, of the requested size, at
@@ -21,8 +21,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from mixgrpo_ray.tiny import task
-from rewards.base import RewardModel, as_float01
+from mixgrpo_ray.models.tiny import task
+from mixgrpo_ray.models.reward import RewardModel, as_float01
 
 
 def colour_affinity(images: torch.Tensor, colours: torch.Tensor, inner: float, outer: float) -> torch.Tensor:
@@ -97,7 +97,7 @@ class PromptFollowingReward(RewardModel):
 
     An object of the wrong colour therefore earns at most the background part.
 
-    Prompts must follow the task's grammar (:func:`mixgrpo_ray.tiny.task.parse_prompt`);
+    Prompts must follow the task's grammar (:func:`mixgrpo_ray.models.tiny.task.parse_prompt`);
     anything else raises ``ValueError``.
     """
 

@@ -1,0 +1,1 @@
+"""Pure math of MixGRPO (docs/algorithm.md): sigma schedule, ODE/SDE steps, DPM-Solver++, the mixed rollout, the sliding window, group advantages and the clipped loss. torch only: no Ray, no config, no roles."""

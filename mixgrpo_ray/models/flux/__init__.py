@@ -1,0 +1,1 @@
+"""FLUX.1 behind the Policy interface: diffusers components, cached prompt encodings, optional LoRA."""
