@@ -1,15 +1,29 @@
-"""Captioned PNG image grids (PIL) for looking at samples: prompts under images, a title on top,
+"""Image conversions (uint8 <-> float in [0, 1]) and captioned PNG image grids (PIL) for looking at samples: prompts under images, a title on top,
 optional labels in front of each row (e.g. ``base`` / ``trained`` for before/after grids)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mixgrpo_ray.models.reward import as_uint8
+
+def as_float01(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` float32 in ``[0, 1]`` from uint8 or float images."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32) / 255.0
+    return images.to(torch.float32).clamp(0.0, 1.0)
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` uint8 from uint8 or float-in-``[0, 1]`` images (rounded)."""
+    if images.dtype == torch.uint8:
+        return images
+    return (images.to(torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+
 
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
@@ -112,3 +126,24 @@ def save_grid(path: str | Path, images: torch.Tensor, **kwargs) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     image_grid(images, **kwargs).save(out, format="PNG")
     return out
+
+
+#: grid cells are at most this many pixels wide (larger images are shrunk, smaller enlarged)
+GRID_CELL = 256
+
+
+def grid_png(images: torch.Tensor, captions: Sequence[str], title: str = "", columns: Optional[int] = None,
+             row_labels: Optional[Sequence[str]] = None) -> bytes:
+    """PNG bytes of a captioned grid of ``columns`` images per row; images wider than
+    :data:`GRID_CELL` are shrunk to it (antialiased), small ones enlarged by whole factors."""
+    import torch.nn.functional as F
+
+    height, width = images.shape[-2:]
+    scale = max(1, GRID_CELL // width)
+    if width > GRID_CELL:
+        size = (max(1, round(height * GRID_CELL / width)), GRID_CELL)
+        images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
+    buf = io.BytesIO()
+    grid = image_grid(images, captions=list(captions), title=title, columns=columns, row_labels=row_labels, scale=scale)
+    grid.save(buf, format="PNG")
+    return buf.getvalue()

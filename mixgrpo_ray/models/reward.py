@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from mixgrpo_ray.common.images import as_float01, as_uint8  # noqa: F401 - part of the reward plug-in API
+
 
 class RewardModel(ABC):
     """Scores images against prompts."""
@@ -44,17 +46,3 @@ class RewardModel(ABC):
         if out.shape[0] != images.shape[0]:
             raise RuntimeError(f"reward {self.name!r} returned {out.shape[0]} scores for {images.shape[0]} images")
         return out
-
-
-def as_float01(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` float32 in ``[0, 1]`` from uint8 or float images."""
-    if images.dtype == torch.uint8:
-        return images.to(torch.float32) / 255.0
-    return images.to(torch.float32).clamp(0.0, 1.0)
-
-
-def as_uint8(images: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` uint8 from uint8 or float-in-``[0, 1]`` images (rounded)."""
-    if images.dtype == torch.uint8:
-        return images
-    return (images.to(torch.float32).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)

@@ -43,6 +43,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.config import Config, ConfigError, preset_names, resolve
 
 PROG = "mixgrpo-ray eval"
@@ -293,29 +294,6 @@ def render_markdown(summary: dict, table: str) -> str:
     lines += ["", table, "",
               "Mean ± standard error over images; change: checkpoint minus base on the same prompt and seed.", ""]
     return "\n".join(lines)
-
-
-#: grid cells are at most this many pixels wide (larger images are shrunk, smaller enlarged)
-GRID_CELL = 256
-
-
-def grid_png(images: torch.Tensor, captions: Sequence[str], title: str, columns: int,
-             row_labels: Optional[Sequence[str]] = None) -> bytes:
-    """PNG bytes of a captioned grid of ``columns`` images per row; images wider than
-    :data:`GRID_CELL` are shrunk to it (antialiased), small ones enlarged by whole factors."""
-    import torch.nn.functional as F
-
-    from mixgrpo_ray.common.images import image_grid
-
-    height, width = images.shape[-2:]
-    scale = max(1, GRID_CELL // width)
-    if width > GRID_CELL:
-        size = (max(1, round(height * GRID_CELL / width)), GRID_CELL)
-        images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255).to(torch.uint8)
-    buf = io.BytesIO()
-    grid = image_grid(images, captions=list(captions), title=title, columns=columns, row_labels=row_labels, scale=scale)
-    grid.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def write_outputs(out: Path, summary: dict, markdown: str, results: list[ModelResult],
