@@ -78,7 +78,7 @@ class RolloutWorker:
             "version": self.weight_version,
             "nfe": out.nfe,
             "num_images": int(out.images.shape[0]),
-            "trained_steps": out.trajectory.num_steps,
+            "trained_steps": out.trajectory.num_trained_steps,
             "time_s": elapsed,
         }
         self._metrics.sampled(meta["num_images"], out.nfe, elapsed)

@@ -49,7 +49,7 @@ def test_dance_rollout_keeps_a_random_sixty_percent_per_sample():
     s = RolloutSettings(algorithm="dancegrpo", sde_kind="dance_grpo", noise_level=0.3)
     out = sample_groups(ToyPolicy(), PROMPTS[:2], 3, [0], s, seed=3)
     tr = out.trajectory
-    assert out.nfe == 25 and tr.num_steps == 14
+    assert out.nfe == 25 and tr.num_trained_steps == 14
     assert (tr.steps < 24).all()
     assert all(len(set(row.tolist())) == 14 for row in tr.steps)
     assert len({tuple(r.tolist()) for r in tr.steps}) > 1  # differs per sample
@@ -100,9 +100,9 @@ def test_gradient_is_minus_advantage_times_grad_logp_on_policy():
     # reference gradient by the formula, from scratch
     cond = {k: v for k, v in pol.encode_prompts(traj.prompts).items()}
     total = 0
-    for j in range(traj.num_steps):
+    for j in range(traj.num_trained_steps):
         total = total + (adv * trainer.step_log_probs(traj, cond, j)).sum()
-    ref = torch.autograd.grad(-total / (len(adv) * traj.num_steps), params)
+    ref = torch.autograd.grad(-total / (len(adv) * traj.num_trained_steps), params)
     # the trainer's gradient (capture before the optimizer step zeroes it)
     grads = {}
     orig_step = trainer.optimizer.step

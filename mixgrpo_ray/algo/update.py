@@ -120,7 +120,7 @@ class GRPOTrainer:
         dev = self.policy.device
         totals: dict[str, float] = {}
         first: dict[str, float] = {}
-        k = trajectory.num_steps
+        k = trajectory.num_trained_steps
         for u, per_rank in enumerate(plan):
             idx = list(per_rank[self.rank])
             batch = trajectory.select(idx)

@@ -29,7 +29,7 @@ class Trajectory:
         return len(self.prompts)
 
     @property
-    def num_steps(self) -> int:
+    def num_trained_steps(self) -> int:
         """``K``: trained steps per sample."""
         return int(self.latents.shape[1])
 
@@ -57,7 +57,7 @@ class Trajectory:
             raise ValueError("Trajectory.concat needs at least one trajectory")
         first = parts[0]
         for p in parts[1:]:
-            if (p.sde_kind, p.noise_level, p.num_steps) != (first.sde_kind, first.noise_level, first.num_steps):
+            if (p.sde_kind, p.noise_level, p.num_trained_steps) != (first.sde_kind, first.noise_level, first.num_trained_steps):
                 raise ValueError("cannot concatenate trajectories of different SDE kind, noise or step count")
         return Trajectory(
             prompts=[s for p in parts for s in p.prompts],

@@ -52,7 +52,7 @@ def one_iteration(policy, variant: Variant, prompts, group: int, start: int, siz
     adv = torch.randn(n, generator=torch.Generator().manual_seed(seed))
     trainer.train_iteration(out.trajectory, adv, update_plan(n, n, 1, seed))
     t2 = time.perf_counter()
-    return {"rollout": t1 - t0, "train": t2 - t1, "nfe_rollout": out.nfe, "nfe_policy": out.trajectory.num_steps}
+    return {"rollout": t1 - t0, "train": t2 - t1, "nfe_rollout": out.nfe, "nfe_policy": out.trajectory.num_trained_steps}
 
 
 def run_benchmark(policy, prompts, *, group: int, rounds: int, size: int = 4, num_steps: int = 25,
