@@ -1,4 +1,4 @@
-"""The side-by-side benchmark: NFE accounting exact, cost ordering as SPEC §9 expects."""
+"""The side-by-side benchmark: NFE accounting exact, cost ordering as docs/algorithm.md §11 expects (NFE: eqs. (21)–(22))."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""GRPO advantages and loss (SPEC §6) against direct restatements."""
+"""GRPO advantages and loss (docs/algorithm.md §8–§9) against direct restatements."""
 
 import math
 

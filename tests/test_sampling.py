@@ -1,4 +1,4 @@
-"""Sampling math against independent restatements of SPEC §2–§4 and diffusers' scheduler."""
+"""Sampling math against independent restatements of docs/algorithm.md §2–§6 and diffusers' scheduler."""
 
 import math
 
@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mixgrpo_ray.core import sampling as S
+from mixgrpo_ray.core.dpm_solver import DPMHistory, dpm_solver_step, ode_solve
+from mixgrpo_ray.core.mixed_rollout import mixed_rollout, rollout_nfe
+from mixgrpo_ray.core.schedule import flash_tail_sigmas, sigma_schedule
+from mixgrpo_ray.core.steps import euler_step, sde_log_prob, sde_noise_scale, sde_step
 
 T, SHIFT = 25, 3.0
 
@@ -27,11 +30,11 @@ def toy_velocity(x, sigma):
 
 # ---------------------------------------------------------------------------------------------
 def test_sigma_schedule_values():
-    sig = S.sigma_schedule(T, SHIFT)
+    sig = sigma_schedule(T, SHIFT)
     assert sig.dtype == torch.float32 and sig.shape == (T + 1,)
     np.testing.assert_allclose(sig.numpy(), ref_sigmas(), rtol=0, atol=1e-7)
     assert sig[0].item() == 1.0 and sig[-1].item() == 0.0
-    # the values SPEC §2 quotes
+    # the values docs/algorithm.md §2 quotes
     for i, val in [(1, 0.9863), (2, 0.9718), (3, 0.9565), (4, 0.9403), (5, 0.9231), (23, 0.2069), (24, 0.1111)]:
         assert abs(sig[i].item() - val) < 6e-5
     assert torch.all(sig[1:] < sig[:-1])
@@ -39,25 +42,25 @@ def test_sigma_schedule_values():
 
 def test_sigma_schedule_rejects_bad_args():
     with pytest.raises(ValueError):
-        S.sigma_schedule(0, 3.0)
+        sigma_schedule(0, 3.0)
     with pytest.raises(ValueError):
-        S.sigma_schedule(10, 0.0)
+        sigma_schedule(10, 0.0)
 
 
 def test_euler_step_formula():
     g = torch.Generator().manual_seed(0)
     x, v = torch.randn(3, 4, 5, generator=g), torch.randn(3, 4, 5, generator=g)
-    out = S.euler_step(x, v, 0.8, 0.7)
+    out = euler_step(x, v, 0.8, 0.7)
     torch.testing.assert_close(out, x + (0.7 - 0.8) * v)
     sig = torch.tensor([0.9, 0.5, 0.3])
     nxt = torch.tensor([0.8, 0.4, 0.1])
-    out = S.euler_step(x, v, sig, nxt)
+    out = euler_step(x, v, sig, nxt)
     for b in range(3):
         torch.testing.assert_close(out[b], x[b] + (nxt[b] - sig[b]) * v[b])
 
 
 def ref_sde(x, v, sigma, sigma_next, a, kind):
-    """SPEC §3 restated for a scalar sigma, in float64."""
+    """docs/algorithm.md eqs. (8)–(10), (13) restated for a scalar sigma, in float64."""
     x, v = x.double(), v.double()
     d = sigma_next - sigma
     if kind == "flow_grpo":
@@ -81,7 +84,7 @@ def test_sde_step_matches_restatement(kind, a, i):
     sig = ref_sigmas()
     g = torch.Generator().manual_seed(i)
     x, v, eps = (torch.randn(4, 3, 8, 8, generator=g) for _ in range(3))
-    out = S.sde_step(x, v, sig[i], sig[i + 1], a, kind=kind, noise=eps)
+    out = sde_step(x, v, sig[i], sig[i + 1], a, kind=kind, noise=eps)
     mu, std = ref_sde(x, v, sig[i], sig[i + 1], a, kind)
     torch.testing.assert_close(out.mean.double(), mu, atol=1e-5, rtol=1e-5)
     assert abs(float(out.std) - std) < 1e-6
@@ -92,9 +95,9 @@ def test_sde_step_matches_restatement(kind, a, i):
 
 def test_sde_noise_at_sigma_one_uses_sigma_next():
     sig = ref_sigmas()
-    g = S.sde_noise_scale(1.0, sig[1], 0.7)
+    g = sde_noise_scale(1.0, sig[1], 0.7)
     assert abs(g - 0.7 * math.sqrt(1 / (1 - sig[1]))) < 1e-9
-    gt = S.sde_noise_scale(torch.tensor([1.0, sig[3]]), torch.tensor([sig[1], sig[4]]), 0.7)
+    gt = sde_noise_scale(torch.tensor([1.0, sig[3]]), torch.tensor([sig[1], sig[4]]), 0.7)
     assert torch.isfinite(gt).all()
     assert abs(gt[0].item() - g) < 1e-5
     assert abs(gt[1].item() - 0.7 * math.sqrt(sig[3] / (1 - sig[3]))) < 1e-5
@@ -107,9 +110,9 @@ def test_sde_step_per_sample_sigmas_equal_scalar_steps():
     idx = [0, 5, 20]
     s = torch.tensor([sig[i] for i in idx])
     sn = torch.tensor([sig[i + 1] for i in idx])
-    batched = S.sde_step(x, v, s, sn, 0.7, noise=eps)
+    batched = sde_step(x, v, s, sn, 0.7, noise=eps)
     for b, i in enumerate(idx):
-        single = S.sde_step(x[b : b + 1], v[b : b + 1], sig[i], sig[i + 1], 0.7, noise=eps[b : b + 1])
+        single = sde_step(x[b : b + 1], v[b : b + 1], sig[i], sig[i + 1], 0.7, noise=eps[b : b + 1])
         torch.testing.assert_close(batched.x_next[b], single.x_next[0], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(batched.log_prob[b], single.log_prob[0], atol=1e-5, rtol=1e-6)
 
@@ -123,7 +126,7 @@ def test_sde_samples_have_the_stated_mean_and_std(kind, a, i):
     gen = torch.Generator().manual_seed(1)
     xs = x.expand(n, 4).contiguous()
     vs = v.expand(n, 4).contiguous()
-    out = S.sde_step(xs, vs, sig[i], sig[i + 1], a, kind=kind, generator=gen)
+    out = sde_step(xs, vs, sig[i], sig[i + 1], a, kind=kind, generator=gen)
     emp_mean = out.x_next.mean(0)
     emp_std = out.x_next.std(0)
     std = float(out.std)
@@ -134,11 +137,11 @@ def test_sde_samples_have_the_stated_mean_and_std(kind, a, i):
 def test_sde_log_prob_reevaluates_the_recorded_transition():
     g = torch.Generator().manual_seed(5)
     x, v = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
-    out = S.sde_step(x, v, 0.6, 0.55, 0.7, generator=g)
-    again = S.sde_log_prob(out.x_next, out.mean, out.std)
+    out = sde_step(x, v, 0.6, 0.55, 0.7, generator=g)
+    again = sde_log_prob(out.x_next, out.mean, out.std)
     torch.testing.assert_close(again, out.log_prob, rtol=0, atol=0)
     # a different mean gives a lower density for this sample on average
-    assert (S.sde_log_prob(out.x_next, out.mean + 0.5, out.std) < out.log_prob).all()
+    assert (sde_log_prob(out.x_next, out.mean + 0.5, out.std) < out.log_prob).all()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def ref_euler_solve(x, sigmas):
 def test_ode_solve_order1_is_euler():
     sig = ref_sigmas()
     x = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0))
-    out = S.ode_solve(toy_velocity, x, torch.tensor(sig), order=1)
+    out = ode_solve(toy_velocity, x, torch.tensor(sig), order=1)
     torch.testing.assert_close(out, ref_euler_solve(x, sig), atol=1e-5, rtol=1e-5)
 
 
@@ -161,7 +164,7 @@ def test_dpm_first_order_equals_euler_algebraically():
     x, v = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
     for s, sn in [(1.0, 0.98), (0.8, 0.6), (0.3, 0.0)]:
         x0 = x - s * v
-        torch.testing.assert_close(S.dpm_solver_step(x, x0, s, sn), x + (sn - s) * v, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dpm_solver_step(x, x0, s, sn), x + (sn - s) * v, atol=1e-5, rtol=1e-5)
 
 
 def diffusers_dpm2(x, sigmas, lower_order_final=True):
@@ -194,9 +197,9 @@ def test_ode_solve_order2_matches_diffusers(grid):
     if grid == "full":
         sig = ref_sigmas()
     else:  # a Flash tail sub-schedule that starts below 1
-        sig = S.flash_tail_sigmas(T, SHIFT, 3, 0.4).tolist()
+        sig = flash_tail_sigmas(T, SHIFT, 3, 0.4).tolist()
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(2))
-    ours = S.ode_solve(toy_velocity, x, torch.tensor(sig), order=2)
+    ours = ode_solve(toy_velocity, x, torch.tensor(sig), order=2)
     ref = diffusers_dpm2(x, sig)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
     # and it is really second order, not Euler
@@ -205,8 +208,8 @@ def test_ode_solve_order2_matches_diffusers(grid):
 
 def test_last_step_returns_x0_hat():
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(4))
-    hist = S.DPMHistory(x0_hat=torch.randn(3, 4), sigma=0.4)
-    out = S.ode_solve(toy_velocity, x, torch.tensor([0.3, 0.0]), order=2, history=hist)
+    hist = DPMHistory(x0_hat=torch.randn(3, 4), sigma=0.4)
+    out = ode_solve(toy_velocity, x, torch.tensor([0.3, 0.0]), order=2, history=hist)
     torch.testing.assert_close(out, x - 0.3 * toy_velocity(x, torch.full((3,), 0.3)))
 
 
@@ -219,7 +222,7 @@ def ref_tail_n(t, last, r):
 @pytest.mark.parametrize("r", [0.4, 0.2])
 def test_flash_tail_sub_schedule(start, r):
     last = start + 3
-    sub = S.flash_tail_sigmas(T, SHIFT, last, r)
+    sub = flash_tail_sigmas(T, SHIFT, last, r)
     n = max(ref_tail_n(T, last, r), 2)
     assert len(sub) == n
     assert abs(sub[0].item() - ref_sigmas()[last + 1]) < 1e-6
@@ -247,12 +250,12 @@ def test_flash_rollout_nfe(start, r, expected):
     assert expected == start + 3 + max(ref_tail_n(T, start + 3, r), 2)
     fn, calls = counting(toy_velocity)
     x = torch.randn(2, 4, generator=torch.Generator().manual_seed(0))
-    out = S.mixed_rollout(
-        fn, x, S.sigma_schedule(T, SHIFT), range(start, start + 4), noise_level=0.7,
+    out = mixed_rollout(
+        fn, x, sigma_schedule(T, SHIFT), range(start, start + 4), noise_level=0.7,
         tail="dpm2", tail_compression=r, generator=torch.Generator().manual_seed(1),
     )
     assert out.nfe == calls["n"] == expected
-    assert S.rollout_nfe(T, range(start, start + 4), "dpm2", r) == expected
+    assert rollout_nfe(T, range(start, start + 4), "dpm2", r) == expected
 
 
 def test_mixed_rollout_euler_tail_restated():
@@ -261,7 +264,7 @@ def test_mixed_rollout_euler_tail_restated():
     window = [6, 7, 8, 9]
     x = torch.randn(3, 2, 4, generator=torch.Generator().manual_seed(7))
     fn, calls = counting(toy_velocity)
-    out = S.mixed_rollout(fn, x, torch.tensor(sig), window, noise_level=0.7, generator=torch.Generator().manual_seed(11))
+    out = mixed_rollout(fn, x, torch.tensor(sig), window, noise_level=0.7, generator=torch.Generator().manual_seed(11))
     assert out.nfe == calls["n"] == T
     assert [r.step for r in out.records] == window
     # replay with the recorded outputs as the realised noise
@@ -281,13 +284,13 @@ def test_mixed_rollout_dpm_tail_history_is_second_order_from_first_post_step():
     sig = ref_sigmas()
     window = [0, 1, 2, 3]
     x = torch.randn(2, 5, generator=torch.Generator().manual_seed(8))
-    out = S.mixed_rollout(toy_velocity, x, torch.tensor(sig), window, noise_level=0.7,
+    out = mixed_rollout(toy_velocity, x, torch.tensor(sig), window, noise_level=0.7,
                           tail="dpm2", tail_compression=0.4, generator=torch.Generator().manual_seed(9))
     # restated: the history holds x0_hat of step 3 (at sigma_3) when the tail starts at sigma_4
     last = out.records[-1]
     xl = last.x_next
     prev_x0 = last.x - sig[3] * toy_velocity(last.x, torch.full((2,), sig[3]))
-    sub = S.flash_tail_sigmas(T, SHIFT, 3, 0.4).tolist()
+    sub = flash_tail_sigmas(T, SHIFT, 3, 0.4).tolist()
     prev_s = sig[3]
     lam = lambda s: math.log((1 - s) / s)
     for s, sn in zip(sub[:-1], sub[1:]):
@@ -307,7 +310,7 @@ def test_mixed_rollout_dpm_tail_history_is_second_order_from_first_post_step():
 def test_dance_rollout_sde_everywhere_decodes_x0_hat():
     sig = torch.tensor(ref_sigmas())
     x = torch.randn(2, 3, generator=torch.Generator().manual_seed(1))
-    out = S.mixed_rollout(toy_velocity, x, sig, range(T), noise_level=0.3, sde_kind="dance_grpo",
+    out = mixed_rollout(toy_velocity, x, sig, range(T), noise_level=0.3, sde_kind="dance_grpo",
                           generator=torch.Generator().manual_seed(2))
     assert out.nfe == T and len(out.records) == T
     last = out.records[-1]
@@ -315,11 +318,11 @@ def test_dance_rollout_sde_everywhere_decodes_x0_hat():
 
 
 def test_mixed_rollout_rejects_bad_windows():
-    sig = S.sigma_schedule(T, SHIFT)
+    sig = sigma_schedule(T, SHIFT)
     x = torch.zeros(1, 2)
     with pytest.raises(ValueError, match="consecutive"):
-        S.mixed_rollout(toy_velocity, x, sig, [1, 3], noise_level=0.7)
+        mixed_rollout(toy_velocity, x, sig, [1, 3], noise_level=0.7)
     with pytest.raises(ValueError, match="outside"):
-        S.mixed_rollout(toy_velocity, x, sig, [24, 25], noise_level=0.7)
+        mixed_rollout(toy_velocity, x, sig, [24, 25], noise_level=0.7)
     with pytest.raises(ValueError, match="tail_compression"):
-        S.mixed_rollout(toy_velocity, x, sig, [0], noise_level=0.7, tail="dpm2")
+        mixed_rollout(toy_velocity, x, sig, [0], noise_level=0.7, tail="dpm2")

@@ -1,4 +1,5 @@
-"""The sliding window (SPEC §5) over 600 iterations, against restated position formulas."""
+"""The sliding window (docs/algorithm.md §7, eqs. (24)–(28)) over 600 iterations, against restated
+position formulas."""
 
 import math
 

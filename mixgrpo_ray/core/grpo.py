@@ -1,4 +1,4 @@
-"""GRPO math (SPEC §6): group-relative advantages and the clipped policy-ratio loss. No Ray."""
+"""GRPO math (docs/algorithm.md §8–§9): group-relative advantages and the clipped policy-ratio loss. No Ray."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def group_advantages(
     clip: float = 5.0,
     valid: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> torch.Tensor:
-    """Group-relative advantages (SPEC §6), shape ``(num_groups, group_size)``, float32.
+    """Group-relative advantages (docs/algorithm.md eqs. (29)–(31)), shape ``(num_groups, group_size)``, float32.
 
     ``rewards`` maps each reward name to a ``(num_groups, group_size)`` tensor; ``weights``
     (default equal) are normalised to sum to 1.
@@ -117,7 +117,7 @@ def grpo_loss(
     advantages: torch.Tensor,
     clip_range: float = 1e-4,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The clipped GRPO objective (SPEC §6), averaged over every (sample, window step).
+    """The clipped GRPO objective (docs/algorithm.md eqs. (32)–(34)), averaged over every (sample, window step).
 
     Per element, with ``r = exp(logp_new - logp_old)``:
     ``max(-A * r, -A * clip(r, 1 - eps, 1 + eps))``. ``logp_*`` have shape ``(batch,)`` or

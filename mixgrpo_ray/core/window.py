@@ -1,4 +1,4 @@
-"""The sliding SDE window of MixGRPO (SPEC §5). Pure Python, no Ray.
+"""The sliding SDE window of MixGRPO (docs/algorithm.md §7). Pure Python, no Ray.
 
 The window is ``size`` consecutive denoising-step indices ``[start, start + size)`` of the
 ``num_steps``-step schedule. It never includes the last two steps (``T-2``, ``T-1``), so

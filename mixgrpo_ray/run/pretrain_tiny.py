@@ -93,7 +93,7 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
 
 def flow_matching_loss(policy, prompts, images_uint8, generator, sigma_shift, weight_floor) -> torch.Tensor:
     """The capped-weight flow-matching loss of one batch (see the module docstring)."""
-    from mixgrpo_ray.core.sampling import shift_time
+    from mixgrpo_ray.core.schedule import shift_time
 
     x0 = images_uint8.float() / 127.5 - 1.0
     batch = x0.shape[0]
