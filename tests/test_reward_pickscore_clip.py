@@ -12,7 +12,7 @@ from PIL import Image
 from transformers import CLIPModel
 from transformers.models.clip import CLIPImageProcessorPil
 
-from rewards.clip_common import ImagePreprocess, clean_prompt_open_clip, resolve_dtype
+from rewards.clip_common import ImagePreprocess, clean_prompt_open_clip, resolve_autocast, resolve_dtype
 from rewards.clip_score import CLIPScoreReward
 from rewards.pickscore import PickScoreReward
 from rewards.registry import build_reward
@@ -134,7 +134,13 @@ def test_missing_paths_are_one_line_errors_naming_the_option(tmp_path, clip_fold
 
 def test_helpers_dtype_and_prompt_cleaning():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_dtype(None, cpu) == torch.float32 and resolve_dtype("auto", cuda) == torch.float16
+    # weights default to fp32 everywhere (the reference codes keep fp32 weights); a reward may ask otherwise
+    assert resolve_dtype(None, cpu) == torch.float32 and resolve_dtype("auto", cuda) == torch.float32
+    assert resolve_dtype("auto", cuda, cuda_default=torch.float16) == torch.float16
+    assert resolve_dtype("auto", cpu, cuda_default=torch.float16) == torch.float32
+    assert resolve_autocast("auto", cuda, torch.float32) == torch.float16
+    assert resolve_autocast("auto", cuda, torch.float16) is None and resolve_autocast("auto", cpu, torch.float32) is None
+    assert resolve_autocast(None, cuda, torch.float32) is None and resolve_autocast("bf16", cpu, torch.float32) == torch.bfloat16
     assert resolve_dtype("bf16", cpu) == torch.bfloat16 and resolve_dtype("float16", cpu) == torch.float16
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int8", cpu)
