@@ -2,17 +2,24 @@
 
 * :class:`ImagePreprocess` turns ``(B, 3, H, W)`` images into normalised CLIP pixel tensors with
   torch alone (no torchvision, no PIL round trip): CLIP's shortest-edge resize + centre crop, or
-  open_clip's longest-edge resize + zero pad (HPS). Bicubic resizing reproduces PIL's: two
-  separable antialiased passes, width first, each rounded to 8-bit levels as PIL stores them.
+  open_clip's longest-edge resize + zero pad (HPS). Two resampling pipelines:
+  ``"pil"`` reproduces PIL on 8-bit images (what transformers' CLIP image processor does): two
+  separable antialiased bicubic passes, width first, each rounded to 8-bit levels;
+  ``"tensor"`` reproduces torchvision on a float tensor (open_clip's ``ToTensor`` then
+  ``ResizeMaxSize``, used by HPS): one antialiased bicubic pass on ``[0, 1]`` floats, no rounding,
+  no clamping.
 * :class:`ClipEmbedder` holds a transformers ``CLIPModel`` with its tokenizer and preprocessing,
-  and computes L2-normalised image and text embeddings in batches on a chosen device and dtype;
-  rewards turn the per-pair cosine into their score.
-* Small helpers: device/dtype resolution, open_clip's prompt cleaning, and loading a local folder
-  or hub id with a one-line error naming the option to fix.
+  and computes L2-normalised image and text embeddings in batches on a chosen device and dtype
+  (optionally under autocast, as HPS's reference runs fp32 weights under CUDA autocast); rewards
+  turn the per-pair cosine into their score.
+* Small helpers: device/dtype/autocast resolution, open_clip's prompt cleaning (always with
+  ``ftfy``, a required dependency), and loading a local folder or hub id with a one-line error
+  naming the option to fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import re
 import warnings
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import ftfy
 import torch
 import torch.nn.functional as F
 
@@ -42,28 +50,55 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``None``/``"auto"``: float16 on CUDA, float32 elsewhere; else one of fp32/fp16/bf16 (any spelling)."""
+def resolve_dtype(
+    dtype: str | torch.dtype | None, device: torch.device, cuda_default: torch.dtype = torch.float32
+) -> torch.dtype:
+    """The weights' dtype. ``None``/``"auto"``: ``cuda_default`` on CUDA (float32 unless a reward
+    says otherwise: the reference reward codes keep fp32 weights), float32 elsewhere; else one of
+    fp32/fp16/bf16 (any spelling)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return cuda_default if device.type == "cuda" else torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16 or auto") from None
 
 
-def clean_prompt_open_clip(text: str) -> str:
-    """open_clip's prompt cleaning before BPE: ftfy fixes (when ``ftfy`` is installed), HTML
-    unescaping twice, whitespace runs collapsed to one space, stripped. (Lower-casing is done by
-    the CLIP tokenizer's normaliser.) Without ftfy, mojibake in prompts is left as is."""
+_OFF = ("none", "off", "false", "no", "")
+
+
+def resolve_autocast(
+    autocast: str | torch.dtype | bool | None, device: torch.device, weights: torch.dtype,
+    cuda_default: torch.dtype | None = torch.float16,
+) -> torch.dtype | None:
+    """The autocast dtype to run the model under, or ``None`` for no autocast.
+
+    ``"auto"``: ``cuda_default`` on CUDA when the weights are float32 (what
+    ``torch.cuda.amp.autocast()`` does around fp32 weights), else none; ``None``/``False``/
+    ``"off"``: none; ``True``: float16; else one of fp16/bf16/fp32 (any spelling) on any device.
+    """
+    if isinstance(autocast, torch.dtype):
+        return autocast
+    if autocast is None or autocast is False or str(autocast).lower() in _OFF:
+        return None
+    if autocast is True:
+        return torch.float16
+    if autocast == "auto":
+        return cuda_default if device.type == "cuda" and weights == torch.float32 else None
     try:
-        import ftfy  # optional: open_clip depends on it, this project does not
-    except ImportError:
-        pass
-    else:
-        text = ftfy.fix_text(text)
+        return _DTYPES[str(autocast).lower()]
+    except KeyError:
+        raise ValueError(f"unknown autocast {autocast!r}; use auto, off, fp16 or bf16") from None
+
+
+def clean_prompt_open_clip(text: str) -> str:
+    """open_clip's prompt cleaning before BPE (``basic_clean`` then ``whitespace_clean``):
+    ``ftfy.fix_text`` (curly quotes become straight, mojibake is repaired), HTML unescaping twice,
+    stripped, whitespace runs collapsed to one space, stripped. (Lower-casing is done by the CLIP
+    tokenizer's normaliser, as by open_clip's tokenizer.)"""
+    text = ftfy.fix_text(text)
     text = html.unescape(html.unescape(text)).strip()
     return re.sub(r"\s+", " ", text).strip()
 
@@ -98,10 +133,21 @@ class ImagePreprocess:
     ``mode="crop"`` (CLIP image processors): resize so the shorter side is ``resize_to`` (the longer
     side ``int(resize_to * long / short)``), then centre-crop ``size`` (offsets ``(H - S) // 2``).
     ``mode="pad"`` (open_clip ``ResizeMaxSize``, used by HPS): resize so the longer side is ``size``
-    (shorter side ``round(size * short / long)``), then zero-pad to ``size`` square, centred (the
-    extra pixel of an odd pad goes right/bottom). Padding is black in pixel space, before
-    normalisation. Then ``(x / 255 - mean) / std`` per channel.
-    ``quantize``: round inputs and each resize pass to 8-bit levels, as a PIL pipeline does.
+    (with ``scale = size / max(H, W)``, each side ``round(side * scale)``), then zero-pad to ``size``
+    square, centred (``pad // 2`` left/top, the rest right/bottom). Padding is black in pixel space,
+    before normalisation. Then ``(x - mean) / std`` per channel on ``[0, 1]`` values.
+
+    ``pipeline`` picks how resampling is done:
+
+    * ``"pil"`` (default; transformers' CLIP image processor on PIL images): inputs and each
+      separable bicubic pass rounded and clamped to 8-bit levels (``quantize``), as PIL does;
+    * ``"tensor"`` (open_clip's ``ToTensor()`` then ``ResizeMaxSize``, HPS v2.1): the ``[0, 1]``
+      float image is resized in one antialiased bicubic pass (torchvision's tensor ``resize``,
+      i.e. ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``), zero-padded and
+      normalised with no rounding or clamping anywhere. uint8 inputs become ``x / 255`` exactly as
+      ``ToTensor`` makes them; float inputs are used as they are. Only ``mode="pad"``.
+      Where the longer side already equals ``size`` the original skips both resize and pad (and a
+      non-square image would then not fit the model); here such an image is still padded.
     """
 
     size: int = 224
@@ -110,12 +156,28 @@ class ImagePreprocess:
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
     quantize: bool = True
+    pipeline: str = "pil"
 
     def __post_init__(self) -> None:
         if self.mode not in ("crop", "pad"):
             raise ValueError(f"image preprocessing mode must be 'crop' or 'pad', got {self.mode!r}")
+        if self.pipeline not in ("pil", "tensor"):
+            raise ValueError(f"image preprocessing pipeline must be 'pil' or 'tensor', got {self.pipeline!r}")
+        if self.pipeline == "tensor" and self.mode != "pad":
+            raise ValueError("image preprocessing pipeline 'tensor' is implemented for mode='pad' only")
+
+    def _pad_size(self, height: int, width: int) -> tuple[int, int]:
+        """open_clip ``ResizeMaxSize``'s new ``(h, w)``: ``round(side * (size / max(h, w)))``."""
+        scale = self.size / float(max(height, width))
+        return round(height * scale), round(width * scale)
+
+    def _pad(self, x: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
+        pad_h, pad_w = self.size - new_h, self.size - new_w
+        return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pipeline == "tensor":
+            return self._tensor_pipeline(images)
         x = as_float01(images) * 255.0
         if self.quantize:
             x = x.round()
@@ -133,14 +195,23 @@ class ImagePreprocess:
             top, left = (new_h - s) // 2, (new_w - s) // 2
             x = x[..., top:top + s, left:left + s]
         else:
-            scale = s / float(max(height, width))
-            new_h, new_w = round(height * scale), round(width * scale)
-            x = resize_bicubic_like_pil(x, (new_h, new_w), self.quantize)
-            pad_h, pad_w = s - new_h, s - new_w
-            x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), value=0.0)
+            new_h, new_w = self._pad_size(height, width)
+            x = self._pad(resize_bicubic_like_pil(x, (new_h, new_w), self.quantize), new_h, new_w)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x / 255.0 - mean) / std
+
+    def _tensor_pipeline(self, images: torch.Tensor) -> torch.Tensor:
+        """ToTensor -> ResizeMaxSize (float bicubic, antialiased; zero pad) -> Normalize."""
+        x = as_float01(images)
+        height, width = x.shape[-2:]
+        new_h, new_w = self._pad_size(height, width)
+        if (new_h, new_w) != (height, width):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        x = self._pad(x, new_h, new_w)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     @classmethod
     def from_processor_dict(cls, cfg: dict[str, Any] | None, default_size: int) -> "ImagePreprocess":
@@ -223,6 +294,10 @@ class ClipEmbedder:
     kept) and padded to the longest in the batch; CLIP's causal text encoder pools at the first
     end token, so padding does not change an embedding. Identical prompts in a batch are encoded
     once. Everything runs under ``torch.inference_mode``; results are float32.
+
+    ``dtype`` is the dtype the weights are cast to; ``autocast`` (a dtype or ``None``) runs the
+    forward passes under ``torch.autocast`` of that dtype (HPS's reference: fp32 weights under
+    CUDA fp16 autocast). ``exp(logit_scale)`` is read in float32 before any cast.
     """
 
     def __init__(
@@ -235,9 +310,13 @@ class ClipEmbedder:
         batch_size: int = 16,
         context_length: int = 77,
         clean_prompts: bool = False,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        scale = getattr(model, "logit_scale", None)
+        # read before the cast: an fp16 logit_scale is off by up to ~0.1% after exp (x100 in PickScore)
+        self._logit_scale = float(scale.detach().float().exp()) if isinstance(scale, torch.Tensor) else None
         self.model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.preprocess = preprocess
@@ -246,6 +325,13 @@ class ClipEmbedder:
         self.batch_size = int(batch_size)
         self.context_length = min(int(context_length), int(model.config.text_config.max_position_embeddings))
         self.clean_prompts = clean_prompts
+        self.autocast = autocast
+
+    def _autocast(self) -> Any:
+        """``torch.autocast`` of ``self.autocast`` on the model's device type, or a no-op context."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` (CPU) for ``prompts``."""
@@ -262,7 +348,8 @@ class ClipEmbedder:
         for start in range(0, images.shape[0], self.batch_size):
             chunk = images[start:start + self.batch_size].to(self.device)
             pixels = self.preprocess(chunk).to(self.dtype)
-            emb = pooled_embedding(self.model.get_image_features(pixel_values=pixels))
+            with self._autocast():
+                emb = pooled_embedding(self.model.get_image_features(pixel_values=pixels))
             out.append(F.normalize(emb.float(), dim=-1))
         return torch.cat(out)
 
@@ -273,10 +360,11 @@ class ClipEmbedder:
         out = []
         for start in range(0, len(unique), self.batch_size):
             enc = self.tokenize(unique[start:start + self.batch_size])
-            emb = pooled_embedding(self.model.get_text_features(
-                input_ids=enc["input_ids"].to(self.device),
-                attention_mask=enc["attention_mask"].to(self.device),
-            ))
+            with self._autocast():
+                emb = pooled_embedding(self.model.get_text_features(
+                    input_ids=enc["input_ids"].to(self.device),
+                    attention_mask=enc["attention_mask"].to(self.device),
+                ))
             out.append(F.normalize(emb.float(), dim=-1))
         table = torch.cat(out)
         index = {p: i for i, p in enumerate(unique)}
@@ -287,8 +375,11 @@ class ClipEmbedder:
         return (self.image_embeddings(images) * self.text_embeddings(prompts)).sum(-1)
 
     def logit_scale(self) -> float:
-        """``exp(logit_scale)`` of the model (CLIP's learned temperature)."""
-        return float(self.model.logit_scale.detach().float().exp())
+        """``exp(logit_scale)`` of the model (CLIP's learned temperature), from the float32 value
+        the model had before it was cast to ``dtype``."""
+        if self._logit_scale is None:
+            raise AttributeError("model has no logit_scale")
+        return self._logit_scale
 
 
 def embedder_from_pretrained(
@@ -298,19 +389,27 @@ def embedder_from_pretrained(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     batch_size: int = 16,
+    autocast: str | torch.dtype | bool | None = None,
 ) -> ClipEmbedder:
     """A :class:`ClipEmbedder` for a transformers CLIP checkpoint (local folder or hub id).
 
     ``processor`` (default: ``model``) supplies the tokenizer and the image processor config;
     when it has no image processor config, CLIP's defaults at the model's image size are used
-    (with a warning).
+    (with a warning). The checkpoint is loaded in float32 (as ``AutoModel.from_pretrained``
+    does in the reference codes), then cast to ``dtype`` (default float32 everywhere);
+    ``autocast`` (default none) as for :func:`resolve_autocast`.
     """
     from transformers import CLIPModel, CLIPTokenizer
     from transformers.image_processing_base import ImageProcessingMixin
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    clip = load_local_or_hub(CLIPModel.from_pretrained, model, reward, "model",
+    amp = resolve_autocast(autocast, dev, dt, cuda_default=None)
+
+    def load_fp32(name: str) -> Any:
+        return CLIPModel.from_pretrained(name, dtype=torch.float32)
+
+    clip = load_local_or_hub(load_fp32, model, reward, "model",
                              "CLIP model folder with config.json and weights, or hub id")
     processor_name = processor if processor not in (None, "") else model
     option = "processor" if processor not in (None, "") else "model"
@@ -324,4 +423,4 @@ def embedder_from_pretrained(
                       "using CLIP defaults (shortest-edge resize, centre crop, OpenAI mean/std)", stacklevel=2)
     preprocess = ImagePreprocess.from_processor_dict(proc_cfg, clip.config.vision_config.image_size)
     return ClipEmbedder(clip, tokenizer, preprocess, dev, dt, batch_size=batch_size,
-                        context_length=clip.config.text_config.max_position_embeddings)
+                        context_length=clip.config.text_config.max_position_embeddings, autocast=amp)

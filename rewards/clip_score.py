@@ -3,7 +3,9 @@
 Any transformers ``CLIPModel`` folder or hub id with its tokenizer and image processor config,
 e.g. ``openai/clip-vit-large-patch14`` or ``apple/DFN5B-CLIP-ViT-H-14-378``. The score is
 ``scale * cos`` (``scale`` 1 by default; 100 gives the common "CLIPScore" units, without the
-clamp at 0 that metric applies).
+clamp at 0 that metric applies). Images are preprocessed as transformers' CLIP image processor
+does on PIL images (shortest-edge PIL bicubic resize, centre crop). Weights are float32 by default
+on every device, as the reference codes load them (``dtype`` overrides).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class CLIPScoreReward(RewardModel):
       model: CLIP model folder (``config.json`` + weights) or hub id.
       processor: folder or hub id with tokenizer and ``preprocessor_config.json`` (default: ``model``).
       scale: multiplier of the cosine (default 1.0).
-      device / dtype / batch_size: as for every CLIP reward (default CUDA + fp16 when available).
+      device: default CUDA when available. dtype: weights, default fp32.
+      batch_size: images (and distinct prompts) per forward pass.
     """
 
     name = "clip"

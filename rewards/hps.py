@@ -7,9 +7,19 @@ built from the shipped ViT-H-14 config (``rewards/configs/open_clip_vit_h_14.jso
 
 Score = cosine of the L2-normalised image and text embeddings (no logit scale), as HPS's own
 ``image_features @ text_features.T`` diagonal; typically 0.2-0.37 for real images.
-Preprocessing as HPS's ``preprocess_val``: longer side resized to 224 (bicubic, antialiased),
-zero-padded to 224x224 centred, OpenAI CLIP mean/std; prompts cleaned as open_clip does (ftfy
-when installed, HTML unescape, whitespace) and tokenised with the CLIP BPE, 77 tokens.
+Preprocessing as HPS's ``preprocess_val`` (open_clip ``image_transform(224, is_train=False,
+resize_longest_max=True)``): the image as a ``[0, 1]`` float tensor (``ToTensor``), longer side
+resized to 224 by torchvision's antialiased bicubic on floats (new side ``round(side * 224 /
+max(H, W))``), zero-padded to 224x224 centred, OpenAI CLIP mean/std; no 8-bit rounding or
+clamping in between (:class:`~mixgrpo_ray.rewards.clip_common.ImagePreprocess` ``pipeline="tensor"``).
+Prompts are cleaned as open_clip does (``ftfy.fix_text``, HTML unescape twice, whitespace) and
+tokenised with the CLIP BPE, 77 tokens.
+
+Precision as the reference (``create_model_and_transforms(..., precision="amp")`` and
+``torch.amp.autocast("cuda")`` around the forward): float32 weights, run under fp16 autocast on
+CUDA; float32 without autocast on CPU. ``dtype`` / ``autocast`` override either. The reference
+takes the final ``image @ text`` product under autocast too (an fp16-rounded score); here the
+cosine of the float32-converted embeddings is taken in float32.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from mixgrpo_ray.rewards.clip_common import (
     ClipEmbedder,
     ImagePreprocess,
     load_local_or_hub,
+    resolve_autocast,
     resolve_device,
     resolve_dtype,
 )
@@ -60,7 +71,9 @@ class HPSv21Reward(RewardModel):
       config: override of the model architecture (CLIPConfig JSON path, dict or object);
         default the shipped ViT-H-14 config. Tests pass a tiny one.
       device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``; default CUDA when available.
-      dtype: ``fp32``/``fp16``/``bf16``; default fp16 on CUDA, fp32 on CPU.
+      dtype: weights ``fp32``/``fp16``/``bf16``; default (``auto``) fp32, as the reference.
+      autocast: ``auto`` (default: fp16 autocast on CUDA around fp32 weights, as the reference's
+        ``torch.amp.autocast("cuda")``; none on CPU), ``off``, ``fp16`` or ``bf16``.
       batch_size: images (and distinct prompts) per forward pass.
     """
 
@@ -75,6 +88,7 @@ class HPSv21Reward(RewardModel):
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         batch_size: int = 16,
+        autocast: str | torch.dtype | bool | None = "auto",
     ) -> None:
         what = "path to HPS_v2.1_compressed.pt"
         if checkpoint is None or str(checkpoint) == "":
@@ -93,14 +107,18 @@ class HPSv21Reward(RewardModel):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ValueError(f"reward 'hps': cannot read checkpoint {str(path)!r} ({first}); pass checkpoint=<{what}>") from exc
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
+        dt = resolve_dtype(dtype, dev, cuda_default=torch.float32)
+        amp = resolve_autocast(autocast, dev, dt, cuda_default=torch.float16)
+        # fp32 by default: the fp16 checkpoint upcasts exactly, as load_state_dict into the
+        # reference's fp32 model does (HPS's score does not use logit_scale)
         model = clip_model_from_open_clip(state, clip_config, dtype=dt)
         preprocess = ImagePreprocess(
-            size=clip_config.vision_config.image_size, mode="pad", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD
+            size=clip_config.vision_config.image_size, mode="pad", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD,
+            pipeline="tensor",
         )
         self.embedder = ClipEmbedder(
             model, tok, preprocess, dev, dt, batch_size=batch_size,
-            context_length=77, clean_prompts=True,
+            context_length=77, clean_prompts=True, autocast=amp,
         )
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

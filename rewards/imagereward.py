@@ -12,6 +12,9 @@ Score of an image for a prompt, as in the original ``ImageReward.score``:
 4. reward = ``MLP(feature)`` (768->1024->128->64->16->1, no activations), then
    ``(r - 0.16717362830052426) / 1.0333394966054072``.
 
+Precision and placement as the original ``ImageReward.load(name, device)``: float32 weights on the
+device (CUDA when available), no autocast; ``dtype`` overrides.
+
 The checkpoint is the original ``ImageReward.pt`` + ``med_config.json``, converted at load time by
 :mod:`mixgrpo_ray.rewards.imagereward_convert`. Parity with the original package on the real weights is an
 open item (needs one GPU run with the checkpoint); the tests check the conversion and the forward
@@ -32,6 +35,7 @@ from torch import nn
 from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
 
 from mixgrpo_ray.models.reward import RewardModel, as_uint8
+from mixgrpo_ray.rewards.clip_common import resolve_device, resolve_dtype
 from mixgrpo_ray.rewards.imagereward_convert import (
     HEAD_WIDTHS,
     convert_head,
@@ -194,7 +198,8 @@ class ImageRewardReward(RewardModel):
       checkpoint: ``ImageReward.pt`` or a folder holding it (and ``med_config.json``).
       med_config: path of ``med_config.json`` (default: next to the checkpoint).
       tokenizer: ``bert-base-uncased`` folder with ``vocab.txt`` (or a hub id where reachable).
-      device, dtype: where and in which precision the BLIP modules run (head stays float32).
+      device: default CUDA when available (the original's default device), else CPU.
+      dtype: precision of the BLIP modules (head stays float32); default fp32, as the original.
       batch_size: images per forward pass.
       vision_num_heads: ViT head count (default ``width // 64``: 16 for ViT-L).
     """
@@ -207,8 +212,8 @@ class ImageRewardReward(RewardModel):
         checkpoint: str,
         med_config: str | None = None,
         tokenizer: str = "bert-base-uncased",
-        device: str = "cpu",
-        dtype: str | torch.dtype = "float32",
+        device: str | None = None,
+        dtype: str | torch.dtype | None = "float32",
         batch_size: int = 16,
         vision_num_heads: int | None = None,
     ):
@@ -218,8 +223,8 @@ class ImageRewardReward(RewardModel):
         state_dict = unwrap_checkpoint(torch.load(weights_path, map_location="cpu", weights_only=True))
         with open(med_path) as f:
             med = json.load(f)
-        self.device = torch.device(device)
-        self.dtype = dtype if isinstance(dtype, torch.dtype) else getattr(torch, dtype)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device, cuda_default=torch.float32)
         self.batch_size = batch_size
         self.model = ImageRewardModel.from_original(state_dict, med, vision_num_heads=vision_num_heads)
         self.model.vision.to(self.device, self.dtype)

@@ -9,6 +9,13 @@ diagonal of ``CLIPModel(...).logits_per_image``. Codebases rescale it differentl
 * ``"raw"``: ``s``
 * ``"mixgrpo"``: ``(s - 18) / 8`` (MixGRPO training)
 * ``"flowgrpo"``: ``s / 26`` (Flow-GRPO)
+* ``"dancegrpo"``: ``cos`` itself, without the logit scale (DanceGRPO)
+
+Images are preprocessed as the reference's ``CLIPProcessor`` does on PIL images (8-bit PIL
+bicubic shortest-edge resize, centre crop). Precision as the reference, which loads the model
+with ``AutoModel.from_pretrained`` (float32) and runs it without autocast: float32 weights by
+default on every device (``dtype`` overrides); ``exp(logit_scale)`` is always read in float32
+before any cast (the x100 scale would amplify an fp16 rounding of it).
 """
 
 from __future__ import annotations
@@ -21,11 +28,13 @@ import torch
 from mixgrpo_ray.models.reward import RewardModel
 from mixgrpo_ray.rewards.clip_common import embedder_from_pretrained
 
-#: normalisation name -> (offset, divisor): score = (s - offset) / divisor
-NORMALIZATIONS: dict[str, tuple[float, float]] = {
-    "raw": (0.0, 1.0),
-    "mixgrpo": (18.0, 8.0),
-    "flowgrpo": (0.0, 26.0),
+#: normalisation name -> (use logit scale, offset, divisor):
+#: score = ((exp(logit_scale) if use logit scale else 1) * cos - offset) / divisor
+NORMALIZATIONS: dict[str, tuple[bool, float, float]] = {
+    "raw": (True, 0.0, 1.0),
+    "mixgrpo": (True, 18.0, 8.0),
+    "flowgrpo": (True, 0.0, 26.0),
+    "dancegrpo": (False, 0.0, 1.0),
 }
 
 
@@ -36,8 +45,10 @@ class PickScoreReward(RewardModel):
       model: PickScore model folder (``config.json`` + weights) or hub id.
       processor: folder or hub id with the tokenizer and ``preprocessor_config.json``
         (default: ``model``; the reference setup uses laion/CLIP-ViT-H-14-laion2B-s32B-b79K).
-      normalize: ``"raw"``, ``"mixgrpo"`` ((s-18)/8) or ``"flowgrpo"`` (s/26); default mixgrpo.
-      device / dtype / batch_size: as for every CLIP reward (default CUDA + fp16 when available).
+      normalize: ``"raw"``, ``"mixgrpo"`` ((s-18)/8), ``"flowgrpo"`` (s/26) or ``"dancegrpo"``
+        (cosine, no logit scale); default mixgrpo.
+      device: default CUDA when available. dtype: weights, default fp32 (as the reference).
+      batch_size: images (and distinct prompts) per forward pass.
     """
 
     name = "pickscore"
@@ -56,10 +67,11 @@ class PickScoreReward(RewardModel):
                 f"reward 'pickscore': normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize!r}"
             )
         self.normalize = normalize
-        self.offset, self.divisor = NORMALIZATIONS[normalize]
+        self.use_scale, self.offset, self.divisor = NORMALIZATIONS[normalize]
         self.embedder = embedder_from_pretrained("pickscore", model, processor, device, dtype, batch_size)
-        self.scale = self.embedder.logit_scale()
-        self.score_range = ((-self.scale - self.offset) / self.divisor, (self.scale - self.offset) / self.divisor)
+        self.scale = self.embedder.logit_scale()  # float32, read before the cast to dtype
+        top = self.scale if self.use_scale else 1.0
+        self.score_range = ((-top - self.offset) / self.divisor, (top - self.offset) / self.divisor)
 
     def raw(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Unnormalised PickScore ``exp(logit_scale) * cos``, ``(B,)``."""
@@ -67,4 +79,7 @@ class PickScoreReward(RewardModel):
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """PickScore under the configured normalisation, ``(B,)``."""
-        return (self.raw(images, prompts) - self.offset) / self.divisor
+        cos = self.embedder.cosine(images, prompts)
+        if self.use_scale:
+            cos = self.scale * cos
+        return (cos - self.offset) / self.divisor

@@ -45,11 +45,22 @@ class _Fatal(Exception):
     """A failure another attempt will not fix (bad request, malformed body)."""
 
 
-def jpeg_data_url(image: Image.Image, quality: int = 95) -> str:
-    """``data:image/jpeg;base64,...`` of an RGB image."""
+def jpeg_bytes(image: Image.Image, quality: int = 95) -> bytes:
+    """The image as JPEG at ``quality`` (PIL's encoder, as the reference client uses)."""
     buf = io.BytesIO()
     image.convert("RGB").save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def jpeg_round_trip(image: Image.Image, quality: int = 95) -> Image.Image:
+    """The RGB image a server decodes from :func:`jpeg_bytes` of ``image``."""
+    with Image.open(io.BytesIO(jpeg_bytes(image, quality))) as decoded:
+        return decoded.convert("RGB")
+
+
+def jpeg_data_url(image: Image.Image, quality: int = 95) -> str:
+    """``data:image/jpeg;base64,...`` of an RGB image."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(image, quality)).decode("ascii")
 
 
 class OpenAIChatJudge:
@@ -64,7 +75,7 @@ class OpenAIChatJudge:
         backoff_s: float = 1.0,
         max_backoff_s: float = 10.0,
         max_workers: int = 8,
-        max_tokens: int = 1024,
+        max_tokens: int = 4096,
         api_key: str | None = None,
         jpeg_quality: int = 95,
         use_env_proxy: bool = False,

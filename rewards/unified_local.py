@@ -5,7 +5,9 @@ processor, which needs torchvision):
 
 1. prompt text = the checkpoint's chat template applied to one user turn ``[image, question]``
    (the order the HTTP client sends), with the generation prompt; it holds one ``<|image_pad|>``;
-2. image -> ``Qwen2VLImageProcessor`` (PIL backend) -> ``pixel_values`` and ``image_grid_thw``;
+2. image -> JPEG at ``jpeg_quality`` (95) and decoded again, so the judge sees what it sees behind
+   the HTTP backend and in the reference (which sends a quality-95 JPEG) ->
+   ``Qwen2VLImageProcessor`` (PIL backend) -> ``pixel_values`` and ``image_grid_thw``;
 3. the ``<|image_pad|>`` id is repeated ``grid_t * grid_h * grid_w // merge_size**2`` times;
 4. batches are left-padded; ``mm_token_type_ids`` (1 on image tokens) lets transformers 5 build the
    3-D mRoPE positions;
@@ -31,6 +33,7 @@ try:
 except ImportError:  # transformers 4.x: the PIL implementation is the default class
     from transformers import Qwen2VLImageProcessor as _ImageProcessor
 
+from mixgrpo_ray.rewards.unified_http import jpeg_round_trip
 from mixgrpo_ray.rewards.unified_prompts import JudgeAnswer
 
 IMAGE_PAD = "<|image_pad|>"
@@ -59,8 +62,9 @@ class QwenVLJudge:
     """Qwen2.5-VL judge in this process.
 
     Options: ``model_path`` (local folder), ``device``, ``dtype`` (torch dtype name),
-    ``max_new_tokens``, ``batch_size`` (questions per ``generate`` call), ``min_pixels`` /
-    ``max_pixels`` (override the checkpoint's image-resolution bounds).
+    ``max_new_tokens`` (default 4096, as the reference), ``batch_size`` (questions per
+    ``generate`` call), ``min_pixels`` / ``max_pixels`` (override the checkpoint's image-resolution
+    bounds), ``jpeg_quality`` (default 95; ``None`` feeds the images as given).
     """
 
     def __init__(
@@ -68,16 +72,18 @@ class QwenVLJudge:
         model_path: str,
         device: str = "cpu",
         dtype: str = "bfloat16",
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = 4096,
         batch_size: int = 4,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        jpeg_quality: int | None = 95,
     ):
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be >= 1")
         self.device = torch.device(device)
         self.max_new_tokens = int(max_new_tokens)
         self.batch_size = int(batch_size)
+        self.jpeg_quality = None if jpeg_quality is None else int(jpeg_quality)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         bounds = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
         self.image_processor = _ImageProcessor.from_pretrained(model_path, **bounds)
@@ -111,10 +117,16 @@ class QwenVLJudge:
             raise ValueError(f"chat prompt holds {text.count(IMAGE_PAD)} {IMAGE_PAD} tokens, expected 1")
         return text
 
+    def as_sent(self, image: Image.Image) -> Image.Image:
+        """The RGB image the judge sees: ``image`` round-tripped through JPEG at ``jpeg_quality``."""
+        if self.jpeg_quality is None:
+            return image.convert("RGB")
+        return jpeg_round_trip(image, self.jpeg_quality)
+
     def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for a batch: ``input_ids``, ``attention_mask``,
         ``pixel_values``, ``image_grid_thw`` and (transformers 5) ``mm_token_type_ids``."""
-        vision = self.image_processor(images=[im.convert("RGB") for im in images], return_tensors="pt")
+        vision = self.image_processor(images=[self.as_sent(im) for im in images], return_tensors="pt")
         grids = vision["image_grid_thw"]
         rows = []
         for question, grid in zip(questions, grids):

@@ -1,4 +1,4 @@
-"""UnifiedReward judge questions, answers, and the parsers of its answers.
+r"""UnifiedReward judge questions, answers, and the parsers of its answers.
 
 UnifiedReward (CodeGoat24/UnifiedReward-qwen-*) was trained to answer fixed question formats; the
 two pointwise image formats used for text-to-image RL (as in the MixGRPO reference code) are:
@@ -7,9 +7,18 @@ two pointwise image formats used for text-to-image RL (as in the MixGRPO referen
   ``Style Score (1-5): Z``; the reward is the alignment score;
 - ``"score"``: element-wise presence checks, then ``Final Score: X``; the reward is the final score.
 
-The question wording is the model's input protocol and is kept verbatim. Scores may carry
-decimals (``Final Score: 2.33``). An answer without the expected line, or with a value outside
-``[0, 5]``, is unparsable: :func:`parse_score` returns ``None`` and the caller reports a failure.
+The question wording is the model's input protocol and is kept verbatim.
+
+Parsing is the reference's (MixGRPO ``UnifiedRewardModel.extract_alignment_score`` /
+``extract_final_score``): ``re.search`` of ``Alignment Score \(1-5\):\s*([0-5](?:\.\d+)?)`` or
+``Final Score:\s*([0-5](?:\.\d+)?)``, the first match, as a float. So the value is one digit 0-5
+right after the label and any whitespace (newlines included), optionally ``.`` plus digits; what
+follows is not looked at. Consequences, kept on purpose to score as the reference does:
+``Final Score: 10`` reads 1.0, ``Final Score: 45`` reads 4.0, ``Final Score: 5.9`` reads 5.9
+(values lie in ``[0, 6)``), ``Final Score: 3.`` reads 3.0; ``Final Score: 7``, ``Final Score: -1``,
+``Final Score: **4**`` and ``**Final Score:** 4`` match nothing at that label (a later
+well-formed occurrence still counts). No match: :func:`parse_score` returns ``None`` and the caller
+reports a failure.
 """
 
 from __future__ import annotations
@@ -53,12 +62,13 @@ SCORE_QUESTION = (
     "Your task is provided as follows:\nText Caption: [{prompt}]"
 )
 
-#: template name -> (question with a ``{prompt}`` slot, regex capturing the score)
+#: template name -> (question with a ``{prompt}`` slot, regex capturing the score): the reference's
 TEMPLATES: dict[str, tuple[str, re.Pattern[str]]] = {
-    "semantic": (SEMANTIC_QUESTION, re.compile(r"Alignment Score \(1-5\):\s*\**\s*(\d+(?:\.\d+)?)")),
-    "score": (SCORE_QUESTION, re.compile(r"Final Score:\s*\**\s*(\d+(?:\.\d+)?)")),
+    "semantic": (SEMANTIC_QUESTION, re.compile(r"Alignment Score \(1-5\):\s*([0-5](?:\.\d+)?)")),
+    "score": (SCORE_QUESTION, re.compile(r"Final Score:\s*([0-5](?:\.\d+)?)")),
 }
-SCORE_MIN, SCORE_MAX = 0.0, 5.0
+#: bounds of a parsed score: one digit 0-5 plus optional decimals, so ``[0, 6)`` (nominally 1-5)
+SCORE_MIN, SCORE_MAX = 0.0, 6.0
 
 
 @dataclass(frozen=True)
@@ -88,12 +98,10 @@ def build_question(template: str, prompt: str) -> str:
 
 
 def parse_score(template: str, answer: str | None) -> float | None:
-    """The score in the judge's ``answer`` (first match), or ``None`` when absent or outside
-    ``[0, 5]``."""
+    """The score in the judge's ``answer`` as the reference parses it (first match of the
+    template's pattern), or ``None`` when there is no match."""
+    check_template(template)
     if not answer:
         return None
-    match = TEMPLATES[check_template(template)][1].search(answer)
-    if match is None:
-        return None
-    value = float(match.group(1))
-    return value if SCORE_MIN <= value <= SCORE_MAX else None
+    match = TEMPLATES[template][1].search(answer)
+    return None if match is None else float(match.group(1))

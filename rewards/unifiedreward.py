@@ -1,8 +1,11 @@
 """UnifiedReward: a Qwen2.5-VL judge asked to rate each image against its prompt.
 
 The score is the number the judge writes after ``Alignment Score (1-5):`` (template
-``"semantic"``) or ``Final Score:`` (template ``"score"``), in ``[0, 5]`` (nominally 1-5,
-decimals allowed). Two backends give the judge's answers:
+``"semantic"``) or ``Final Score:`` (template ``"score"``), parsed exactly as the MixGRPO reference
+parses it (one digit 0-5 plus optional decimals, see :mod:`mixgrpo_ray.rewards.unified_prompts`). As in the
+reference, each image is sent to the judge as a JPEG at quality 95 (the local backend encodes and
+decodes it the same way), decoding is greedy (``temperature=0``) and up to 4096 new tokens are
+allowed. Two backends give the judge's answers:
 
 - ``backend="http"``: an OpenAI-compatible server (vLLM serving ``CodeGoat24/UnifiedReward-*`` as
   model ``UnifiedReward``), see :mod:`mixgrpo_ray.rewards.unified_http`;
@@ -12,7 +15,9 @@ decimals allowed). Two backends give the judge's answers:
 An image whose request failed (after retries) or whose answer holds no parsable score gets
 ``NaN``, never a stand-in value; :attr:`UnifiedRewardReward.counters` counts them
 (``request_failures``, ``parse_failures``) and :attr:`last_failures` lists ``(index, reason)``
-for the latest batch.
+for the latest batch. This deliberately differs from the reference, whose ``compute_reward``
+turns a failed judgement into a reward of 0.0 (``float(reward) if success else 0.0``): here it
+stays NaN and is excluded from that reward's statistics instead of counting as a worst score.
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ class UnifiedRewardReward(RewardModel):
       template: ``"semantic"`` (alignment score) or ``"score"`` (final score).
       HTTP: base_url (e.g. ``http://judge-host:8000/v1``; required), model (served model name),
         timeout_s (per request), max_retries, backoff_s, max_workers (requests in flight),
-        api_key, max_new_tokens (sent as ``max_tokens``).
-      local: model_path (checkpoint folder; required), device, dtype, max_new_tokens, batch_size
-        (questions per ``generate``), min_pixels / max_pixels (image resolution bounds).
+        api_key, max_new_tokens (sent as ``max_tokens``; default 4096 as the reference).
+      local: model_path (checkpoint folder; required), device, dtype, max_new_tokens (default
+        4096), batch_size (questions per ``generate``), min_pixels / max_pixels (image resolution
+        bounds).
+      both: jpeg_quality (default 95, as the reference): the JPEG quality the image is sent at
+        (HTTP) or round-tripped through before the judge sees it (local).
     """
 
     name = "unifiedreward"
@@ -68,10 +76,11 @@ class UnifiedRewardReward(RewardModel):
         model_path: str | None = None,
         device: str = "cpu",
         dtype: str = "bfloat16",
-        max_new_tokens: int = 1024,
+        max_new_tokens: int = 4096,
         batch_size: int = 4,
         min_pixels: int | None = None,
         max_pixels: int | None = None,
+        jpeg_quality: int = 95,
     ):
         self.template = check_template(template)
         self.backend = backend
@@ -89,6 +98,7 @@ class UnifiedRewardReward(RewardModel):
                 max_workers=max_workers,
                 max_tokens=max_new_tokens,
                 api_key=api_key,
+                jpeg_quality=jpeg_quality,
             )
         elif backend == "local":
             if not model_path:
@@ -103,6 +113,7 @@ class UnifiedRewardReward(RewardModel):
                 batch_size=batch_size,
                 min_pixels=min_pixels,
                 max_pixels=max_pixels,
+                jpeg_quality=jpeg_quality,
             )
         else:
             raise ValueError(f"unknown unifiedreward backend {backend!r}; choose one of: {', '.join(BACKENDS)}")

@@ -5,6 +5,9 @@ the reward scores are the open_clip cosine, batched or one by one."""
 from __future__ import annotations
 
 import json
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mixgrpo_ray.rewards.clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocess
+import mixgrpo_ray.rewards.hps
+from mixgrpo_ray.rewards.clip_common import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipEmbedder, ImagePreprocess, clean_prompt_open_clip
 from mixgrpo_ray.rewards.hps import VIT_H_14_CONFIG, HPSv21Reward
 from mixgrpo_ray.rewards.openclip_convert import clip_model_from_open_clip, convert_open_clip_state_dict
 from mixgrpo_ray.rewards.registry import build_reward
@@ -172,26 +176,79 @@ def test_converted_model_reproduces_open_clip_features(hps_files):
     assert float(model.logit_scale.detach()) == pytest.approx(float(sd["logit_scale"]))
 
 
-def test_hps_preprocessing_is_longest_side_resize_and_centred_zero_pad():
-    image = _images(1, 40, 24, seed=3)  # portrait: 40 high, 24 wide
-    out = ImagePreprocess(size=28, mode="pad")(image)
-    # reference: PIL bicubic to 28 x round(24 * 28 / 40) = 28 x 17, pasted centred on black
-    pil = Image.fromarray(image[0].permute(1, 2, 0).numpy())
-    resized = pil.resize((17, 28), Image.BICUBIC)
-    canvas = Image.new("RGB", (28, 28))
-    canvas.paste(resized, ((28 - 17) // 2, 0))
-    ref = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255.0
+def hps_reference_pixels(images: torch.Tensor, size: int) -> torch.Tensor:
+    """HPS v2.1's ``preprocess_val`` restated per image: ``ToTensor`` (uint8 / 255), open_clip
+    ``ResizeMaxSize`` (scale = size / max(h, w), sides ``round(side * scale)``, torchvision's
+    float-tensor bicubic resize with antialias, zero pad ``[w//2, h//2, rest, rest]``), then
+    ``Normalize`` with the OpenAI mean/std. No rounding or clamping anywhere."""
+    out = []
+    for img in images:
+        x = img.float().div(255) if img.dtype == torch.uint8 else img.float()
+        height, width = x.shape[1:]
+        scale = size / float(max(height, width))
+        if scale != 1.0:  # as ResizeMaxSize: an image whose longer side is already `size` is left alone
+            new_size = tuple(round(dim * scale) for dim in (height, width))
+            x = F.interpolate(x[None], size=new_size, mode="bicubic", align_corners=False, antialias=True)[0]
+            pad_h, pad_w = size - new_size[0], size - new_size[1]
+            x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2], mode="constant", value=0.0)
+        mean = torch.tensor(OPENAI_CLIP_MEAN, dtype=x.dtype).view(3, 1, 1)
+        std = torch.tensor(OPENAI_CLIP_STD, dtype=x.dtype).view(3, 1, 1)
+        out.append((x - mean) / std)
+    return torch.stack(out)
+
+
+def _noise(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """High-contrast uint8 noise: bicubic overshoots [0, 1] on it, 8-bit rounding shows."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), generator=gen, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("height,width", [(40, 24), (24, 40), (45, 31), (14, 20), (40, 15), (28, 28), (56, 56)])
+def test_hps_preprocessing_is_open_clip_float_resize_and_zero_pad(height, width):
+    # downscale portrait/landscape (odd pads), upscale (overshoot past [0, 1] must survive), square
+    images = _noise(2, height, width, seed=height * 100 + width)
+    ours = ImagePreprocess(size=28, mode="pad", pipeline="tensor")(images)
+    ref = hps_reference_pixels(images, 28)
+    assert ours.shape == ref.shape == (2, 3, 28, 28)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=0)
+    # float images are resized as they are (no 8-bit rounding of the input either)
+    floats = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(
+        ImagePreprocess(size=28, mode="pad", pipeline="tensor")(floats), hps_reference_pixels(floats, 28),
+        atol=1e-6, rtol=0,
+    )
+
+
+def test_hps_reward_uses_the_open_clip_float_preprocessing(hps):
+    images = _noise(3, 45, 31, seed=4)
+    torch.testing.assert_close(hps.embedder.preprocess(images), hps_reference_pixels(images, 28), atol=1e-6, rtol=0)
+    # the 8-bit PIL pipeline differs visibly on the same images (what the float path replaces)
+    pil_like = ImagePreprocess(size=28, mode="pad", pipeline="pil")(images)
+    assert (pil_like - hps_reference_pixels(images, 28)).abs().max() > 1e-3
+
+
+def test_pad_geometry_is_centred_black():
+    image = _images(1, 40, 24, seed=3)  # portrait: 40 high, 24 wide -> 28 x round(16.8) = 17
+    out = ImagePreprocess(size=28, mode="pad", pipeline="tensor")(image)
     mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
     std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
-    ref = (ref - mean) / std
-    assert out.shape == (1, 3, 28, 28)
-    # PIL and torch's antialiased bicubic agree to one 8-bit level
-    assert (out[0] - ref).abs().max() <= 1.0 / 255.0 / min(OPENAI_CLIP_STD) + 1e-5
     # padding is black before normalisation: columns 0-4 left, 22-27 right
-    black = (-mean / std).expand(3, 28, 5)
-    torch.testing.assert_close(out[0, :, :, :5], black)
+    torch.testing.assert_close(out[0, :, :, :5], (-mean / std).expand(3, 28, 5))
     torch.testing.assert_close(out[0, :, :, 22:], (-mean / std).expand(3, 28, 6))
     assert (out[0, :, :, 5:22] - (-mean / std)).abs().amax() > 0.1
+
+
+def test_pil_pad_pipeline_still_matches_pil():
+    image = _images(1, 40, 24, seed=3)
+    out = ImagePreprocess(size=28, mode="pad")(image)
+    # reference: PIL bicubic to 28 x 17, pasted centred on black
+    pil = Image.fromarray(image[0].permute(1, 2, 0).numpy())
+    canvas = Image.new("RGB", (28, 28))
+    canvas.paste(pil.resize((17, 28), Image.BICUBIC), ((28 - 17) // 2, 0))
+    ref = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255.0
+    ref = (ref - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    # PIL and torch's antialiased bicubic agree to one 8-bit level
+    assert (out[0] - ref).abs().max() <= 1.0 / 255.0 / min(OPENAI_CLIP_STD) + 1e-5
 
 
 def test_hps_score_is_open_clip_cosine_and_batch_equals_single(hps, hps_files):
@@ -203,7 +260,7 @@ def test_hps_score_is_open_clip_cosine_and_batch_equals_single(hps, hps_files):
     # reference: our preprocessing, open_clip-cleaned prompts, open_clip forward and pooling
     cleaned = ["the red cat", "a dog & the cat", long, "red", "the red cat"]
     with torch.no_grad():
-        img = open_clip_image_features(sd, ImagePreprocess(size=28, mode="pad")(images), HEADS, 2)
+        img = open_clip_image_features(sd, hps_reference_pixels(images, 28), HEADS, 2)
         txt = open_clip_text_features(sd, open_clip_tokens(tokenizer, cleaned), HEADS, 2)
     ref = F.cosine_similarity(img, txt, dim=-1)
     torch.testing.assert_close(scores, ref, atol=1e-5, rtol=1e-5)
@@ -269,3 +326,97 @@ def test_hps_errors_name_the_path_and_option(tmp_path, hps_files):
     with pytest.raises(FileNotFoundError, match="config="):
         HPSv21Reward(checkpoint=root / "HPS_v2.1_compressed.pt", tokenizer=root / "tokenizer",
                      config=tmp_path / "missing.json")
+
+
+# ---- prompt cleaning (open_clip basic_clean + whitespace_clean, ftfy always) -----------------
+
+#: raw prompt -> what open_clip's cleaning makes of it (written out here, not computed)
+FTFY_CASES = [
+    ("the \u201cred\u201d cat", 'the "red" cat'),  # curly quotes straightened by ftfy
+    ("a sch\u00c3\u00b6n dog", "a sch\u00f6n dog"),  # UTF-8 mojibake read as Latin-1, repaired
+    ("a dog &amp;amp; the cat", "a dog & the cat"),  # doubly escaped HTML entity
+    ("  the cat&#39;s \n\t red dog ", "the cat's red dog"),  # numeric entity, whitespace runs
+]
+
+
+def test_ftfy_is_a_required_dependency():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    assert any(re.match(r"ftfy\b", d) for d in deps)
+
+
+def test_prompt_cleaning_always_applies_ftfy(monkeypatch):
+    # cleaning must not depend on ftfy being importable at call time (it was optional before)
+    monkeypatch.setitem(sys.modules, "ftfy", None)
+    for raw, cleaned in FTFY_CASES:
+        assert clean_prompt_open_clip(raw) == cleaned
+
+
+def test_hps_tokenises_like_open_clip_after_cleaning(hps, hps_files):
+    _, _, sd, tokenizer = hps_files
+    raws = [raw for raw, _ in FTFY_CASES]
+    cleaned = [c for _, c in FTFY_CASES]
+    # the curly-quote prompt is tokenised as its straight-quote form
+    assert hps.embedder.tokenize(raws[:1])["input_ids"].tolist() == tokenizer([cleaned[0]])["input_ids"]
+    assert tokenizer([raws[0]])["input_ids"] != tokenizer([cleaned[0]])["input_ids"]
+    images = _images(len(raws), 40, 24, seed=11)
+    scores = hps(images, raws)
+    with torch.no_grad():
+        img = open_clip_image_features(sd, hps_reference_pixels(images, 28), HEADS, 2)
+        txt = open_clip_text_features(sd, open_clip_tokens(tokenizer, cleaned), HEADS, 2)
+    torch.testing.assert_close(scores, F.cosine_similarity(img, txt, dim=-1), atol=1e-5, rtol=1e-5)
+
+
+# ---- precision: fp32 weights, fp16 autocast on CUDA (the reference's precision="amp") ------------
+
+def _resolved_settings(monkeypatch, hps_files, cuda: bool, **options) -> dict:
+    """What HPSv21Reward hands its embedder (device, weight dtype, autocast) with CUDA reported
+    available or not; the embedder itself is built on CPU so nothing moves to a GPU."""
+    root, _, _, _ = hps_files
+    seen: dict = {}
+
+    class Recorder(ClipEmbedder):
+        def __init__(self, model, tokenizer, preprocess, device, dtype, **kw):
+            seen.update(device=device, dtype=dtype, autocast=kw.get("autocast"),
+                        weights=next(model.parameters()).dtype)
+            super().__init__(model, tokenizer, preprocess, torch.device("cpu"), dtype, **{**kw, "autocast": None})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(mixgrpo_ray.rewards.hps, "ClipEmbedder", Recorder)
+    HPSv21Reward(checkpoint=root / "HPS_v2.1_compressed.pt", tokenizer=root / "tokenizer",
+                 config=root / "tiny_config.json", **options)
+    return seen
+
+
+def test_hps_default_precision_is_fp32_weights_under_fp16_autocast_on_cuda(monkeypatch, hps_files):
+    seen = _resolved_settings(monkeypatch, hps_files, cuda=True)
+    assert seen["device"].type == "cuda"
+    assert seen["dtype"] == seen["weights"] == torch.float32
+    assert seen["autocast"] == torch.float16
+    seen = _resolved_settings(monkeypatch, hps_files, cuda=False)
+    assert (seen["device"].type, seen["dtype"], seen["autocast"]) == ("cpu", torch.float32, None)
+
+
+def test_hps_precision_overrides(monkeypatch, hps_files):
+    seen = _resolved_settings(monkeypatch, hps_files, cuda=True, dtype="fp16")
+    assert (seen["dtype"], seen["autocast"]) == (torch.float16, None)
+    seen = _resolved_settings(monkeypatch, hps_files, cuda=True, autocast="off")
+    assert (seen["dtype"], seen["autocast"]) == (torch.float32, None)
+    seen = _resolved_settings(monkeypatch, hps_files, cuda=True, autocast="bf16")
+    assert (seen["dtype"], seen["autocast"]) == (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="autocast"):
+        _resolved_settings(monkeypatch, hps_files, cuda=True, autocast="int8")
+
+
+def test_hps_autocast_runs_the_forward_in_lower_precision(hps, hps_files):
+    root, _, _, _ = hps_files
+    amp = HPSv21Reward(checkpoint=root / "HPS_v2.1_compressed.pt", tokenizer=root / "tokenizer",
+                       config=root / "tiny_config.json", device="cpu", autocast="bf16")
+    assert amp.embedder.autocast == torch.bfloat16
+    assert next(amp.embedder.model.parameters()).dtype == torch.float32
+    images = _images(3, 40, 24, seed=13)
+    prompts = ["the red cat", "a dog", "red"]
+    full, low = hps(images, prompts), amp(images, prompts)
+    assert low.dtype == torch.float32
+    assert 0 < (full - low).abs().max() < 0.05

@@ -208,6 +208,25 @@ def test_float_and_uint8_images_agree(reward):
     torch.testing.assert_close(reward(images, PROMPTS[:2]), reward(images.float() / 255.0, PROMPTS[:2]))
 
 
+def test_default_placement_is_fp32_on_cuda_like_the_original(checkpoint, monkeypatch):
+    # ImageReward.load(name, device="cuda") keeps the fp32 weights and moves them to the device
+    folder, vocab, _ = checkpoint
+    moves = []
+
+    def record_to(module, *args, **kwargs):
+        moves.append((type(module).__name__, args, kwargs))
+        return module
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.nn.Module, "to", record_to)
+    r = ImageRewardReward(checkpoint=str(folder), tokenizer=str(vocab), vision_num_heads=VISION["heads"])
+    assert r.device == torch.device("cuda") and r.dtype == torch.float32
+    assert moves and all(args == (torch.device("cuda"), torch.float32) for _, args, _ in moves)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = ImageRewardReward(checkpoint=str(folder), tokenizer=str(vocab), vision_num_heads=VISION["heads"], dtype="bf16")
+    assert r.device == torch.device("cpu") and r.dtype == torch.bfloat16
+
+
 def test_normalisation_constants(checkpoint):
     folder, vocab, _ = checkpoint
     r = ImageRewardReward(checkpoint=str(folder / "ImageReward.pt"), tokenizer=str(vocab), vision_num_heads=VISION["heads"])

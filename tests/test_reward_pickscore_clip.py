@@ -12,7 +12,8 @@ from PIL import Image
 from transformers import CLIPModel
 from transformers.models.clip import CLIPImageProcessorPil
 
-from mixgrpo_ray.rewards.clip_common import ImagePreprocess, clean_prompt_open_clip, resolve_dtype
+import mixgrpo_ray.rewards.clip_common
+from mixgrpo_ray.rewards.clip_common import ClipEmbedder, ImagePreprocess, clean_prompt_open_clip, resolve_autocast, resolve_dtype
 from mixgrpo_ray.rewards.clip_score import CLIPScoreReward
 from mixgrpo_ray.rewards.pickscore import PickScoreReward
 from mixgrpo_ray.rewards.registry import build_reward
@@ -77,6 +78,57 @@ def test_pickscore_normalisations(clip_folder, pick_raw):
         PickScoreReward(model=clip_folder, normalize="zscore", device="cpu")
 
 
+def test_pickscore_dancegrpo_normalisation_is_the_plain_cosine(clip_folder):
+    # DanceGRPO: (text_embs @ image_embs.T) of normalised embeddings, no logit scale
+    images = _images(3, 36, 28, seed=8)
+    prompts = PROMPTS[:3]
+    reward = PickScoreReward(model=clip_folder, normalize="dancegrpo", device="cpu")
+    scores = reward(images, prompts)
+    model = CLIPModel.from_pretrained(str(clip_folder)).eval()
+    enc = reward.embedder.tokenize(prompts)
+    with torch.no_grad():
+        out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                    pixel_values=reward.embedder.preprocess(images))
+    cos = F.cosine_similarity(out.image_embeds, out.text_embeds, dim=-1)
+    torch.testing.assert_close(scores, cos, atol=1e-5, rtol=1e-5)
+    assert reward.score_range == (-1.0, 1.0)
+
+
+def test_pickscore_logit_scale_is_read_in_fp32_before_the_cast(clip_folder):
+    fp32_scale = float(CLIPModel.from_pretrained(str(clip_folder)).logit_scale.detach().float().exp())
+    half = PickScoreReward(model=clip_folder, normalize="raw", device="cpu", dtype="fp16")
+    assert next(half.embedder.model.parameters()).dtype == torch.float16
+    assert half.scale == fp32_scale
+    # the fp16-rounded value the cast model holds would be visibly different
+    assert float(half.embedder.model.logit_scale.detach().float().exp()) != fp32_scale
+
+
+def _resolved_clip_settings(monkeypatch, cls, clip_folder, **options) -> dict:
+    """Device / weight dtype / autocast a CLIP reward hands its embedder with CUDA reported
+    available; the embedder itself is built on CPU so nothing moves to a GPU."""
+    seen: dict = {}
+
+    class Recorder(ClipEmbedder):
+        def __init__(self, model, tokenizer, preprocess, device, dtype, **kw):
+            seen.update(device=device, dtype=dtype, autocast=kw.get("autocast"),
+                        loaded=next(model.parameters()).dtype)
+            super().__init__(model, tokenizer, preprocess, torch.device("cpu"), dtype, **{**kw, "autocast": None})
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(mixgrpo_ray.rewards.clip_common, "ClipEmbedder", Recorder)
+    cls(model=clip_folder, **options)
+    return seen
+
+
+@pytest.mark.parametrize("cls", [PickScoreReward, CLIPScoreReward])
+def test_pickscore_and_clip_default_to_fp32_without_autocast_on_cuda(monkeypatch, clip_folder, cls):
+    seen = _resolved_clip_settings(monkeypatch, cls, clip_folder)
+    assert seen["device"].type == "cuda"
+    assert (seen["loaded"], seen["dtype"], seen["autocast"]) == (torch.float32, torch.float32, None)
+    seen = _resolved_clip_settings(monkeypatch, cls, clip_folder, dtype="bf16")
+    assert (seen["loaded"], seen["dtype"]) == (torch.float32, torch.bfloat16)
+
+
 def test_pickscore_batch_equals_one_by_one_and_depends_on_prompt(clip_folder, pick_raw):
     images = _images(5, 28, 28, seed=5)
     batched = pick_raw(images, PROMPTS)
@@ -134,7 +186,13 @@ def test_missing_paths_are_one_line_errors_naming_the_option(tmp_path, clip_fold
 
 def test_helpers_dtype_and_prompt_cleaning():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_dtype(None, cpu) == torch.float32 and resolve_dtype("auto", cuda) == torch.float16
+    # weights default to fp32 everywhere (the reference codes keep fp32 weights); a reward may ask otherwise
+    assert resolve_dtype(None, cpu) == torch.float32 and resolve_dtype("auto", cuda) == torch.float32
+    assert resolve_dtype("auto", cuda, cuda_default=torch.float16) == torch.float16
+    assert resolve_dtype("auto", cpu, cuda_default=torch.float16) == torch.float32
+    assert resolve_autocast("auto", cuda, torch.float32) == torch.float16
+    assert resolve_autocast("auto", cuda, torch.float16) is None and resolve_autocast("auto", cpu, torch.float32) is None
+    assert resolve_autocast(None, cuda, torch.float32) is None and resolve_autocast("bf16", cpu, torch.float32) == torch.bfloat16
     assert resolve_dtype("bf16", cpu) == torch.bfloat16 and resolve_dtype("float16", cpu) == torch.float16
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int8", cpu)

@@ -5,10 +5,13 @@ whose greedy answer is known by construction)."""
 from __future__ import annotations
 
 import base64
+import inspect
 import io
 import math
+import re
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,17 +49,65 @@ def _http_reward(stub: StubChatServer, **options) -> UnifiedRewardReward:
 def test_parse_score_on_given_answers():
     assert parse_score("semantic", SEMANTIC_ANSWERS[PROMPTS[3]]) == 2.5
     assert parse_score("semantic", "Alignment Score (1-5): 4") == 4.0
-    assert parse_score("semantic", "**Alignment Score (1-5):** 3.75") == 3.75
     assert parse_score("score", "ocean (location): 0\nclouds (object): 1\nFinal Score: 2.33") == 2.33
     assert parse_score("score", "Final Score: 4\nFinal Score: 1") == 4.0  # first occurrence
-    # absent, wrong template, out of range, empty: no score (a failure, not 0)
+    assert parse_score("score", "Final Score:\n 3.25") == 3.25  # any whitespace after the colon
+    # the reference reads one digit 0-5 and optional decimals, whatever follows
+    assert parse_score("score", "Final Score: 10") == 1.0
+    assert parse_score("score", "Final Score: 45") == 4.0
+    assert parse_score("score", "Final Score: 5.9") == 5.9
+    assert parse_score("score", "Final Score: 3.") == 3.0
+    assert parse_score("score", "Final Score: 4/5") == 4.0
+    assert parse_score("score", "Final Score: 7\nFinal Score: 2") == 2.0  # a later well-formed line counts
+    # no digit 0-5 right after the label (markdown bold included), absent, wrong template, empty: None
+    assert parse_score("semantic", "**Alignment Score (1-5):** 3.75") is None
+    assert parse_score("score", "Final Score: **4**") is None
+    assert parse_score("score", "Final Score: 7") is None
+    assert parse_score("score", "Final Score: -1") is None
+    assert parse_score("score", "final score: 3") is None
     assert parse_score("semantic", "Final Score: 4") is None
     assert parse_score("score", "Alignment Score (1-5): 4") is None
-    assert parse_score("score", "Final Score: 7") is None
     assert parse_score("score", "Final Score: none") is None
     assert parse_score("score", "") is None and parse_score("score", None) is None
     with pytest.raises(ValueError, match="template"):
         parse_score("pairwise", "Final Score: 3")
+
+
+#: MixGRPO's UnifiedRewardModel.extract_alignment_score / extract_final_score, restated
+REFERENCE_PATTERNS = {
+    "semantic": r"Alignment Score \(1-5\):\s*([0-5](?:\.\d+)?)",
+    "score": r"Final Score:\s*([0-5](?:\.\d+)?)",
+}
+
+
+def _reference_parse(template: str, text: str) -> float | None:
+    match = re.search(REFERENCE_PATTERNS[template], text)
+    return float(match.group(1)) if match else None
+
+
+def test_parse_score_accepts_and_rejects_as_the_reference():
+    values = ["0", "1", "3.5", "5", "5.0", "5.75", "6", "7.5", "9", "10", "12.5", "-2", "+3", "0.", ".5", "2,5",
+              "**4**", "4**", " 4", "\n\t2", "x", "", "3 / 5", "2.333333", "4.", "five"]
+    labels = {"semantic": ["Alignment Score (1-5):", "**Alignment Score (1-5):**", "Alignment Score:",
+                           "alignment score (1-5):", "Alignment Score (1-5) :"],
+              "score": ["Final Score:", "**Final Score:**", "Final score:", "Final Score :", "FinalScore:"]}
+    checked = 0
+    for template, names in labels.items():
+        for name in names:
+            for value in values:
+                for text in (f"{name}{value}", f"{name} {value}", f"intro\n{name} {value}\nmore", f"{name} {value}\n{name} 2"):
+                    assert parse_score(template, text) == _reference_parse(template, text), (template, text)
+                    checked += 1
+    assert checked > 500
+
+
+def test_max_new_tokens_default_is_the_references_4096(random_folder):
+    reward = UnifiedRewardReward(backend="http", base_url="http://127.0.0.1:1/v1")
+    assert reward.judge.max_tokens == 4096
+    assert reward.judge.payload(Image.new("RGB", (8, 8)), "q")["max_tokens"] == 4096
+    assert inspect.signature(QwenVLJudge).parameters["max_new_tokens"].default == 4096
+    local = UnifiedRewardReward(backend="local", model_path=str(random_folder), dtype="float32")
+    assert local.judge.max_new_tokens == 4096
 
 
 def test_questions_carry_the_caption():
@@ -86,6 +137,7 @@ def test_http_scores_both_templates(template, answers):
     assert image_part["type"] == "image_url" and image_part["image_url"]["url"].startswith(prefix)
     decoded = Image.open(io.BytesIO(base64.b64decode(image_part["image_url"]["url"][len(prefix):])))
     assert decoded.format == "JPEG" and decoded.size == (64, 64)
+    assert body["max_tokens"] == 4096
 
 
 def test_http_batch_equals_one_by_one_with_bounded_concurrency():
@@ -216,6 +268,40 @@ def test_local_prompt_expands_image_pad_tokens(random_judge):
     start = judge.tokenizer.convert_tokens_to_ids("<|vision_start|>")
     at = ids.index(start)
     assert ids[at + 1 : at + 5] == [judge.image_token_id] * 4 and ids[at + 5] == judge.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+
+
+def _jpeg_q95(image: Image.Image) -> Image.Image:
+    """What a server decodes from the reference client's ``image.save(buf, "JPEG", quality=95)``."""
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=95)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def test_local_judge_sees_the_jpeg_q95_round_trip(random_judge):
+    judge = random_judge
+    images = to_pil(_images(2, seed=9, h=56, w=84))
+    questions = [build_question("score", p) for p in PROMPTS[:2]]
+    sent = judge.encode(images, questions)["pixel_values"]
+    via_jpeg = judge.image_processor(images=[_jpeg_q95(im) for im in images], return_tensors="pt")["pixel_values"]
+    raw = judge.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(sent, via_jpeg)
+    assert (sent - raw).abs().max() > 1e-3  # JPEG changes noise images visibly
+
+
+def test_local_and_http_backends_send_the_same_pixels(random_folder):
+    images = _images(2, seed=10, h=56, w=56)
+    with StubChatServer(SCORE_ANSWERS) as stub:
+        _http_reward(stub, template="score")(images, PROMPTS[:2])
+        prefix = "data:image/jpeg;base64,"
+        urls = {b["messages"][0]["content"][1]["text"]: b["messages"][0]["content"][0]["image_url"]["url"]
+                for b in stub.requests}
+    judge = UnifiedRewardReward(backend="local", model_path=str(random_folder), dtype="float32").judge
+    for image, prompt in zip(to_pil(images), PROMPTS[:2]):
+        url = urls[build_question("score", prompt)]
+        served = Image.open(io.BytesIO(base64.b64decode(url[len(prefix):]))).convert("RGB")
+        pixels = [np.asarray(im) for im in (served, judge.as_sent(image), _jpeg_q95(image))]
+        assert np.array_equal(pixels[0], pixels[1]) and np.array_equal(pixels[1], pixels[2])
 
 
 def test_local_generation_is_greedy_continuation(random_judge):
