@@ -9,7 +9,10 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from mixgrpo_ray.run import evaluation as evaluate
+from mixgrpo_ray.cli import eval as eval_cli
+from mixgrpo_ray.common.images import GRID_CELL, grid_png
+from mixgrpo_ray.common.seeds import EVAL_SEED_BASE
+from mixgrpo_ray.run import eval_report
 from mixgrpo_ray.config import resolve
 from mixgrpo_ray.data.prompts import load_prompts
 from mixgrpo_ray.algo.rollout import sample_images
@@ -56,7 +59,7 @@ def policies(run_dir):
 def expected(policy, base=None, mix=1.0):
     """Scores computed directly: prompt-major (prompt, seed) pairs, seeds 10000, 10001, ..."""
     prompts = load_prompts("tiny:eval")[:PROMPTS]
-    pairs = [(p, evaluate.SEED_BASE + k) for p in prompts for k in range(SEEDS)]
+    pairs = [(p, EVAL_SEED_BASE + k) for p in prompts for k in range(SEEDS)]
     texts = [p for p, _ in pairs]
     images = sample_images(policy, texts, [s for _, s in pairs], num_steps=STEPS, shift=3.0,
                            base_policy=base, mix_fraction=mix)
@@ -68,7 +71,7 @@ def column(out: Path, key: str, name: str) -> torch.Tensor:
 
 
 def run_eval(args, capsys):
-    code = evaluate.main(args)
+    code = eval_cli.main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -217,10 +220,10 @@ def test_nothing_half_written_when_writing_fails(tmp_path, capsys, monkeypatch):
     def broken_grid(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(evaluate, "grid_png", broken_grid)
+    monkeypatch.setattr(eval_report, "grid_png", broken_grid)
     out = tmp_path / "eval"
     with pytest.raises(OSError, match="disk full"):
-        evaluate.main([*FAST, "--out", str(out)])
+        eval_cli.main([*FAST, "--out", str(out)])
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -230,6 +233,6 @@ def test_grids_shrink_large_images_and_enlarge_small_ones():
     big = torch.randint(0, 256, (3, 3, 720, 720), dtype=torch.uint8)
     small = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     for images in (big, small):
-        with Image.open(io.BytesIO(evaluate.grid_png(images, ["a", "b", "c"], "t", columns=3))) as grid:
+        with Image.open(io.BytesIO(grid_png(images, ["a", "b", "c"], "t", columns=3))) as grid:
             # three cells of GRID_CELL pixels plus padding, whatever the image size
-            assert 3 * evaluate.GRID_CELL < grid.size[0] < 3 * evaluate.GRID_CELL + 40
+            assert 3 * GRID_CELL < grid.size[0] < 3 * GRID_CELL + 40

@@ -12,7 +12,7 @@ import sys
 #: subcommand -> (module, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mixgrpo_ray.run.training", "run MixGRPO training (local Ray or the cluster in RAY_ADDRESS)"),
-    "eval": ("mixgrpo_ray.run.evaluation", "score a checkpoint on held-out prompts with every configured reward"),
+    "eval": ("mixgrpo_ray.cli.eval", "score a checkpoint on held-out prompts with every configured reward"),
     "sample": ("mixgrpo_ray.run.sample_grid", "sample an image grid for prompts and write a captioned PNG"),
     "pretrain-tiny": ("mixgrpo_ray.run.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
 }
