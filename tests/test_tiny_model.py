@@ -209,7 +209,7 @@ def test_velocity_is_fast_enough_for_rollouts(base, one_thread):
 
 # ------------------------------------------------------------------------------ pre-training
 def test_pretraining_runs_reproducibly_and_the_result_loads(tmp_path, capsys):
-    from mixgrpo_ray.run import pretrain_tiny as pretrain
+    from mixgrpo_ray.cli import pretrain_tiny as pretrain
 
     args = ["--steps", "3", "--batch-size", "4", "--warmup", "1", "--no-eval", "--quiet", "--seed", "7"]
     assert pretrain.main(["--out", str(tmp_path / "a"), *args]) == 0
@@ -236,7 +236,7 @@ def test_pretraining_runs_reproducibly_and_the_result_loads(tmp_path, capsys):
     ],
 )
 def test_pretraining_rejects_bad_input_with_one_line(tmp_path, capsys, argv, message):
-    from mixgrpo_ray.run import pretrain_tiny as pretrain
+    from mixgrpo_ray.cli import pretrain_tiny as pretrain
 
     assert pretrain.main(["--out", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -248,20 +248,20 @@ def test_sample_grid_writes_a_png_and_loads_checkpoints(tmp_path, capsys, base):
     from PIL import Image
     from safetensors.torch import save_file
 
-    from mixgrpo_ray.run import sample_grid
+    from mixgrpo_ray.cli import sample as sample_cli
 
     ckpt = tmp_path / "trainable.safetensors"
     save_file(TinyPolicy(seed=3).trainable_state_dict(), str(ckpt))
     out = tmp_path / "grid.png"
     argv = ["--out", str(out), "--num", "4", "--steps", "3", "--score"]
-    assert sample_grid.main(argv) == 0
+    assert sample_cli.main(argv) == 0
     base_png = out.read_bytes()
     assert "prompt_following:" in capsys.readouterr().out
     with Image.open(out) as img:
         assert img.width >= 2 * 32 * 4 and img.height >= 2 * 32 * 4
-    assert sample_grid.main([*argv, "--checkpoint", str(ckpt)]) == 0
+    assert sample_cli.main([*argv, "--checkpoint", str(ckpt)]) == 0
     assert out.read_bytes() != base_png
-    assert sample_grid.main(["--out", str(out), "-p", "a large blue square on a black background, center",
+    assert sample_cli.main(["--out", str(out), "-p", "a large blue square on a black background, center",
                              "--steps", "2"]) == 0  # fmt: skip
 
 
@@ -274,9 +274,9 @@ def test_sample_grid_writes_a_png_and_loads_checkpoints(tmp_path, capsys, base):
     ],
 )
 def test_sample_grid_rejects_bad_input_with_one_line(tmp_path, capsys, argv, message):
-    from mixgrpo_ray.run import sample_grid
+    from mixgrpo_ray.cli import sample as sample_cli
 
-    assert sample_grid.main(["--out", str(tmp_path / "g.png"), *argv]) == 2
+    assert sample_cli.main(["--out", str(tmp_path / "g.png"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
 

@@ -11,10 +11,11 @@ import sys
 
 #: subcommand -> (module, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("mixgrpo_ray.run.training", "run MixGRPO training (local Ray or the cluster in RAY_ADDRESS)"),
+    "train": ("mixgrpo_ray.cli.train", "run MixGRPO training (local Ray or the cluster in RAY_ADDRESS)"),
     "eval": ("mixgrpo_ray.cli.eval", "score a checkpoint on held-out prompts with every configured reward"),
-    "sample": ("mixgrpo_ray.run.sample_grid", "sample an image grid for prompts and write a captioned PNG"),
-    "pretrain-tiny": ("mixgrpo_ray.run.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
+    "sample": ("mixgrpo_ray.cli.sample", "sample an image grid for prompts and write a captioned PNG"),
+    "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
+    "bench": ("mixgrpo_ray.cli.bench", "measure rollout and update cost of each algorithm variant side by side"),
 }
 
 

@@ -1,4 +1,5 @@
-"""``mixgrpo-ray pretrain-tiny``: pre-train the embedded tiny model on the built-in task.
+"""The job behind ``mixgrpo-ray pretrain-tiny`` (command line: :mod:`mixgrpo_ray.cli.pretrain_tiny`):
+pre-train the embedded tiny model on the built-in task.
 
 Flow matching on the task's *train* combinations: for a clean image ``x0`` (in ``[-1, 1]``),
 noise ``n`` and ``sigma = S(u)``, ``u ~ U(0, 1)`` (the sampling time shift ``S``, shift 3 by
@@ -18,69 +19,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-PROG = "mixgrpo-ray pretrain-tiny"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (exit code 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+#: the command recorded in the written config.json
+COMMAND = "mixgrpo-ray pretrain-tiny"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROG,
-        description="Pre-train the embedded tiny text-to-image model on the built-in shapes task.",
-    )
-    p.add_argument("--out", required=True, help="output directory for config.json + model.safetensors")
-    p.add_argument("--steps", type=int, default=2500, help="optimizer steps (default: 2500)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default: 1e-3)")
-    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default: 100)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    p.add_argument("--sigma-shift", type=float, default=3.0, help="time shift of the sigma distribution (default: 3)")
-    p.add_argument("--weight-floor", type=float, default=0.05,
-                   help="sigma below which the 1/sigma^2 loss weight stops growing (default: 0.05)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default: 0)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="score held-out prompts every N steps (0: only at the end; default: 0)")
-    p.add_argument("--eval-prompts", type=int, default=162,
-                   help="how many held-out prompts to score (default: 162, all)")
-    p.add_argument("--no-eval", action="store_true", help="skip held-out scoring entirely")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def _validate(args: argparse.Namespace) -> str | None:
-    checks = [
-        (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
-        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
-        (args.lr > 0 and math.isfinite(args.lr), f"--lr must be a positive number, got {args.lr}"),
-        (args.warmup >= 0, f"--warmup must be >= 0, got {args.warmup}"),
-        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
-        (args.sigma_shift > 0, f"--sigma-shift must be > 0, got {args.sigma_shift}"),
-        (0 < args.weight_floor <= 1, f"--weight-floor must be in (0, 1], got {args.weight_floor}"),
-        (args.threads >= 1, f"--threads must be >= 1, got {args.threads}"),
-        (args.eval_every >= 0, f"--eval-every must be >= 0, got {args.eval_every}"),
-        (args.eval_prompts >= 1, f"--eval-prompts must be >= 1, got {args.eval_prompts}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            return message
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        return f"--out {out} exists and is not a directory"
-    return None
+class DivergedError(RuntimeError):
+    """The loss stopped being a finite number."""
 
 
 def learning_rate(step: int, args: argparse.Namespace) -> float:
@@ -119,17 +68,10 @@ def evaluate(policy, n_prompts: int, seed: int = 0) -> dict[str, list[float]]:
     return {k: [round(v[0], 4), round(v[1], 4)] for k, v in score_images(images, prompts).items()}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a one-line usage error already printed
-        return int(exc.code or 0)
-    error = _validate(args)
-    if error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-
+def pretrain(args: argparse.Namespace) -> tuple[Path, float, float, dict]:
+    """Pre-train with the command's options ``args`` and write ``args.out``; returns the written
+    folder, the final smoothed loss, the training seconds and the final held-out scores
+    (raises :class:`DivergedError` when the loss is not finite)."""
     from tqdm import tqdm
 
     from mixgrpo_ray.models.tiny import task
@@ -159,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
         value = float(loss.detach())
         if not math.isfinite(value):
-            print(f"{PROG}: error: loss became {value} at step {step}", file=sys.stderr)
-            return 1
+            raise DivergedError(f"loss became {value} at step {step}")
         ema_loss = value if ema_loss is None else 0.98 * ema_loss + 0.02 * value
         bar.set_postfix(loss=f"{ema_loss:.4f}")
         done = step + 1
@@ -181,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
         extra={
             "pretraining": {
-                "command": "mixgrpo-ray pretrain-tiny " + " ".join(
+                "command": COMMAND + " " + " ".join(
                     f"--{k.replace('_', '-')} {v}" for k, v in options.items() if not isinstance(v, bool)
                 ) + "".join(f" --{k.replace('_', '-')}" for k, v in options.items() if v is True),
                 "options": options,
@@ -191,10 +132,4 @@ def main(argv: list[str] | None = None) -> int:
             }
         },
     )
-    print(f"wrote {out} (loss {ema_loss:.4f}, {train_seconds:.0f} s)"
-          + (f"; held-out {final}" if not args.no_eval else ""))  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    return out, ema_loss, train_seconds, final

@@ -1,60 +1,19 @@
-"""``mixgrpo-ray sample``: sample the tiny model (base weights or an RL checkpoint) for prompts
-and write a captioned PNG grid.
+"""The job behind ``mixgrpo-ray sample`` (command line: :mod:`mixgrpo_ray.cli.sample`): sample the
+tiny model (base weights, a random initialisation or an RL checkpoint) for prompts and write a
+captioned PNG grid.
 
-Images are deterministic ODE samples (Euler, 25 steps, shift 3 by default); prompt ``i`` starts
-from the noise of seed ``--seed + i``. Without ``--prompt``/``--prompts-file``, ``--num``
-held-out prompts of the built-in task, spread over the set, are used. ``--checkpoint`` is a
-safetensors file of trainable (transformer) weights as published by the learner; ``--score``
-also prints the task's offline rewards of the images.
+Images are deterministic ODE samples (Euler); prompt ``i`` starts from the noise of seed
+``seed + i``. Without prompts, held-out prompts of the built-in task, spread over the set, are
+used. A checkpoint is a safetensors file of trainable (transformer) weights as published by the
+learner.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
-PROG = "mixgrpo-ray sample"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error message (exit code 2)."""
-
-    def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Sample a captioned image grid from the tiny model.")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("-p", "--prompt", action="append", default=[], help="a prompt (repeatable)")
-    p.add_argument("--prompts-file", help="text file with one prompt per line")
-    p.add_argument("--num", type=int, default=16, help="held-out prompts (spread over the set) when none are given (default: 16)")
-    p.add_argument("--model", help="tiny model directory (config.json + model.safetensors; default: shipped)")
-    p.add_argument("--random-init", action="store_true", help="use a randomly initialised model (seeded by --seed)")
-    p.add_argument("--checkpoint", help="safetensors file of trainable weights to load on top of the model")
-    p.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
-    p.add_argument("--shift", type=float, default=3.0, help="time shift of the sigma schedule (default: 3)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed of the first prompt (default: 0)")
-    p.add_argument("--columns", type=int, default=None, help="grid columns (default: about sqrt of the count)")
-    p.add_argument("--scale", type=int, default=4, help="pixel enlargement in the grid (default: 4)")
-    p.add_argument("--title", default=None, help="grid title (default: what was sampled)")
-    p.add_argument("--score", action="store_true", help="print the task's offline rewards of the images")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    return p
-
-
-def _prompts(args: argparse.Namespace) -> list[str]:
-    prompts = list(args.prompt)
-    if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise ValueError(f"--prompts-file {path} not found")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        prompts = spread_eval_prompts(args.num)
-    return prompts
+import torch
 
 
 def spread_eval_prompts(num: int) -> list[str]:
@@ -67,76 +26,44 @@ def spread_eval_prompts(num: int) -> list[str]:
     return [pool[(i * len(pool)) // num] for i in range(num)]
 
 
+def read_prompts(prompts: Sequence[str], prompts_file: Optional[str], num: int) -> list[str]:
+    """``prompts``, then the lines of ``prompts_file``; without any, :func:`spread_eval_prompts`.
+    A missing file is a :class:`ValueError` naming ``--prompts-file``."""
+    out = list(prompts)
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise ValueError(f"--prompts-file {path} not found")
+        out += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return out or spread_eval_prompts(num)
+
+
 def load_checkpoint(policy, path: str) -> None:
     """Load a safetensors file of trainable weights into ``policy`` (keys optionally prefixed
-    ``transformer.``)."""
-    from safetensors.torch import load_file
+    ``transformer.``, stripped by :func:`~mixgrpo_ray.common.checkpoint.read_weights`)."""
+    from mixgrpo_ray.common.checkpoint import read_weights
 
-    state = load_file(path)
-    if state and all(k.startswith("transformer.") for k in state):
-        state = {k[len("transformer."):]: v for k, v in state.items()}
-    policy.load_trainable_state_dict(state)
+    policy.load_trainable_state_dict(read_weights(path))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    for ok, message in (
-        (args.steps >= 1, f"--steps must be >= 1, got {args.steps}"),
-        (args.shift > 0, f"--shift must be > 0, got {args.shift}"),
-        (args.num >= 1, f"--num must be >= 1, got {args.num}"),
-        (args.scale >= 1, f"--scale must be >= 1, got {args.scale}"),
-        (args.columns is None or args.columns >= 1, f"--columns must be >= 1, got {args.columns}"),
-        (args.threads >= 1, f"--threads must be >= 1, got {args.threads}"),
-        (not (args.random_init and args.model), "--random-init and --model exclude each other"),
-        (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint} not found"),
-        (args.model is None or Path(args.model).is_dir(), f"--model {args.model} is not a directory"),
-        (not Path(args.out).is_dir(), f"--out {args.out} is a directory; give a .png file"),
-    ):
-        if not ok:
-            print(f"{PROG}: error: {message}", file=sys.stderr)
-            return 2
-    try:
-        prompts = _prompts(args)
-    except ValueError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-
-    import torch
-
-    from mixgrpo_ray.common.images import save_grid
-    from mixgrpo_ray.run.tiny_eval import sample_prompts, score_images
+def load_policy(model: Optional[str], random_init: bool, seed: int, checkpoint: Optional[str]):
+    """The tiny policy: shipped (or ``model``) weights, or a random one seeded by ``seed``, with
+    ``checkpoint`` loaded on top."""
     from mixgrpo_ray.models.tiny.model import TinyPolicy
 
-    torch.set_num_threads(args.threads)
-    try:
-        policy = TinyPolicy(seed=args.seed) if args.random_init else TinyPolicy.from_pretrained(args.model)
-        if args.checkpoint:
-            load_checkpoint(policy, args.checkpoint)
-    except (OSError, ValueError, RuntimeError) as exc:
-        print(f"{PROG}: error: cannot load the model: {str(exc).splitlines()[0]}", file=sys.stderr)
-        return 2
-    images = sample_prompts(policy, prompts, seed=args.seed, num_steps=args.steps, shift=args.shift)
-    what = "random init" if args.random_init else ("checkpoint " + Path(args.checkpoint).name if args.checkpoint
-                                                  else "base model")  # fmt: skip
-    title = args.title if args.title is not None else (
-        f"tiny {what}: {args.steps} Euler steps, shift {args.shift:g}, seed {args.seed}"
-    )
-    out = save_grid(args.out, images, captions=prompts, title=title, columns=args.columns, scale=args.scale)
-    print(f"wrote {out} ({len(prompts)} images)")
-    if args.score:
-        try:
-            scores = score_images(images, prompts)
-        except ValueError as exc:
-            print(f"{PROG}: error: cannot score: {exc}", file=sys.stderr)
-            return 2
-        for name, (mean, sem) in scores.items():
-            print(f"{name}: {mean:.3f} +- {sem:.3f}")
-    return 0
+    policy = TinyPolicy(seed=seed) if random_init else TinyPolicy.from_pretrained(model)
+    if checkpoint:
+        load_checkpoint(policy, checkpoint)
+    return policy
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+def write_grid(out: str, policy, prompts: Sequence[str], *, seed: int, num_steps: int, shift: float,
+               title: str, columns: Optional[int], scale: int) -> tuple[Path, torch.Tensor]:
+    """Sample one image per prompt and write the captioned grid to ``out``; returns the PNG's path
+    and the images."""
+    from mixgrpo_ray.common.images import save_grid
+    from mixgrpo_ray.run.tiny_eval import sample_prompts
+
+    images = sample_prompts(policy, list(prompts), seed=seed, num_steps=num_steps, shift=shift)
+    path = save_grid(out, images, captions=list(prompts), title=title, columns=columns, scale=scale)
+    return path, images

@@ -6,13 +6,13 @@ down how good the shipped base model is.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
 
-from mixgrpo_ray.models.policy import Policy
 from mixgrpo_ray.algo.rollout import sample_images
+from mixgrpo_ray.common.stats import mean_se
+from mixgrpo_ray.models.policy import Policy
 
 
 def sample_prompts(
@@ -34,16 +34,13 @@ def sample_prompts(
     return torch.cat(out) if out else torch.zeros((0, *policy.latent_shape()))
 
 
-def mean_and_sem(scores: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error of the mean of 1-D ``scores``."""
-    n = scores.numel()
-    mean = float(scores.mean())
-    sem = float(scores.std(unbiased=True)) / math.sqrt(n) if n > 1 else float("nan")
-    return mean, sem
-
-
 def score_images(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """``{reward name: (mean, standard error)}`` of the task's offline rewards."""
+    """``{reward name: (mean, standard error)}`` of the task's offline rewards (the error is NaN
+    for a single image)."""
     from mixgrpo_ray.models.tiny.rewards import PromptFollowingReward, QualityReward
 
-    return {r.name: mean_and_sem(r(images, list(prompts))) for r in (PromptFollowingReward(), QualityReward())}
+    out = {}
+    for reward in (PromptFollowingReward(), QualityReward()):
+        mean, se = mean_se(reward(images, list(prompts)))
+        out[reward.name] = (mean, float("nan") if se is None else se)
+    return out
