@@ -1,16 +1,15 @@
-"""Side-by-side cost per iteration of DanceGRPO, MixGRPO, MixGRPO-Flash and Flash* (SPEC §9).
+"""Side-by-side cost per iteration of DanceGRPO, MixGRPO, MixGRPO-Flash and Flash* (docs/algorithm.md eq. (38)).
 
-``python -m mixgrpo_ray.run.bench`` (or ``make bench``) runs the two costly phases of an iteration —
-rollout (sampling a group with the old policy) and the learner's GRPO update — for every
-variant on the same model, batch and machine, interleaving the variants round by round so that
-machine noise hits them alike, and prints each variant's time as a ratio to DanceGRPO's next to
-the paper's ratios. Flash's window slides, so its rollout cost is averaged over window starts.
-Reward scoring is excluded (the same for every variant).
+``mixgrpo-ray bench`` (``make bench``; command line: :mod:`mixgrpo_ray.cli.bench`) runs the two
+costly phases of an iteration — rollout (sampling a group with the old policy) and the learner's
+GRPO update — for every variant on the same model, batch and machine, interleaving the variants
+round by round so that machine noise hits them alike, and prints each variant's time as a ratio
+to DanceGRPO's next to the paper's ratios. Flash's window slides, so its rollout cost is averaged
+over window starts. Reward scoring is excluded (the same for every variant).
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -18,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings, update_plan
-from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups
+from mixgrpo_ray.algo.rollout import sample_groups
+from mixgrpo_ray.algo.update import GRPOTrainer, update_plan
+from mixgrpo_ray.config import GRPOConfig, OptimConfig, SamplingConfig
 
 PAPER_RATIO = {"dancegrpo": 1.0, "mixgrpo": 0.52, "mixgrpo_flash": 0.39, "mixgrpo_flash_star": 0.29}
 
@@ -27,28 +27,32 @@ PAPER_RATIO = {"dancegrpo": 1.0, "mixgrpo": 0.52, "mixgrpo_flash": 0.39, "mixgrp
 @dataclass
 class Variant:
     name: str
-    settings: RolloutSettings
+    sampling: SamplingConfig
+    grpo: GRPOConfig
     window_starts: list[int]  # the starts the window visits (sampled round-robin)
 
 
 def variants(num_steps: int = 25, size: int = 4) -> list[Variant]:
     last = num_steps - 2 - size
     progressive = list(range(0, last + 1))
+    mix, dance = GRPOConfig(), GRPOConfig(algorithm="dancegrpo")
     return [
-        Variant("dancegrpo", RolloutSettings(num_steps=num_steps, algorithm="dancegrpo", sde_kind="dance_grpo",
-                                             noise_level=0.3), [0]),
-        Variant("mixgrpo", RolloutSettings(num_steps=num_steps), progressive),
-        Variant("mixgrpo_flash", RolloutSettings(num_steps=num_steps, tail="dpm2", tail_compression=0.4), progressive),
-        Variant("mixgrpo_flash_star", RolloutSettings(num_steps=num_steps, tail="dpm2", tail_compression=0.2), [0]),
+        Variant("dancegrpo", SamplingConfig(num_steps=num_steps, sde_kind="dance_grpo", noise_level=0.3), dance, [0]),
+        Variant("mixgrpo", SamplingConfig(num_steps=num_steps), mix, progressive),
+        Variant("mixgrpo_flash", SamplingConfig(num_steps=num_steps, tail="dpm2", tail_compression=0.4), mix, progressive),
+        Variant("mixgrpo_flash_star", SamplingConfig(num_steps=num_steps, tail="dpm2", tail_compression=0.2), mix, [0]),
     ]
 
 
 def one_iteration(policy, variant: Variant, prompts, group: int, start: int, size: int, seed: int) -> dict:
     t0 = time.perf_counter()
-    out = sample_groups(policy, prompts, group, list(range(start, start + size)), variant.settings, seed=seed)
+    out = sample_groups(policy, prompts, group, list(range(start, start + size)), variant.sampling, variant.grpo,
+                        seed=seed)
     t1 = time.perf_counter()
     n = len(out.trajectory)
-    trainer = GRPOTrainer(policy, OptimSettings(lr=0.0))  # lr 0: measure the cost, keep the weights
+    trainer = GRPOTrainer(policy, OptimConfig(), clip_range=variant.grpo.clip_range)
+    for params in trainer.optimizer.param_groups:  # lr 0: measure the cost, keep the weights
+        params["lr"] = 0.0
     adv = torch.randn(n, generator=torch.Generator().manual_seed(seed))
     trainer.train_iteration(out.trajectory, adv, update_plan(n, n, 1, seed))
     t2 = time.perf_counter()
@@ -94,30 +98,3 @@ def format_table(results: dict[str, dict]) -> str:
             f"{r['ratio']:>7.2f} {r['paper_ratio']:>7.2f}"
         )
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mixgrpo_ray.run.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--rounds", type=int, default=6, help="iterations per variant (interleaved)")
-    p.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
-    p.add_argument("--group", type=int, default=12, help="images per prompt (SPEC: 12)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.prompts < 1 or args.group < 2 or args.threads < 1:
-        print("bench: error: --rounds, --prompts, --threads must be >= 1 and --group >= 2", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    from mixgrpo_ray.models.tiny import task
-    from mixgrpo_ray.models.tiny.model import TinyPolicy
-
-    policy = TinyPolicy.from_pretrained()
-    prompts = task.train_prompts()[: args.prompts]
-    print(f"tiny model, {args.prompts} prompts x {args.group} images, {args.rounds} interleaved rounds, "
-          f"{args.threads} thread(s)", flush=True)
-    results = run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)
-    print(format_table(results))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

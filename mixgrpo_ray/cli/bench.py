@@ -1,0 +1,45 @@
+"""``mixgrpo-ray bench``: measure rollout and update cost of each algorithm variant side by side
+on the embedded tiny model (the job is :mod:`mixgrpo_ray.run.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+PROG = "mixgrpo-ray bench"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mixgrpo_ray.run import bench
+
+    p = argparse.ArgumentParser(prog=PROG, description=bench.__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=6, help="iterations per variant (interleaved)")
+    p.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
+    p.add_argument("--group", type=int, default=12, help="images per prompt (docs/algorithm.md §1: 12)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.rounds < 1 or args.prompts < 1 or args.group < 2 or args.threads < 1:
+        print("bench: error: --rounds, --prompts, --threads must be >= 1 and --group >= 2", file=sys.stderr)
+        return 2
+    import torch
+
+    from mixgrpo_ray.models.tiny import task
+    from mixgrpo_ray.models.tiny.model import TinyPolicy
+    from mixgrpo_ray.run.bench import format_table, run_benchmark
+
+    torch.set_num_threads(args.threads)
+    policy = TinyPolicy.from_pretrained()
+    prompts = task.train_prompts()[: args.prompts]
+    print(f"tiny model, {args.prompts} prompts x {args.group} images, {args.rounds} interleaved rounds, "
+          f"{args.threads} thread(s)", flush=True)
+    results = run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)
+    print(format_table(results))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
