@@ -1,0 +1,94 @@
+"""The root :class:`Config` (every section, plus the checks across sections), built from a
+nested dict by :func:`from_dict` and re-checked by :func:`validate`.
+
+Rewards are a mapping ``name -> RewardConfig`` so each pool is addressed by name
+(``rewards.hps.replicas=4``); a reward given as ``null`` takes the defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import Field, field_validator, model_validator
+
+from mixgrpo_ray.config.errors import ConfigError, line_error
+from mixgrpo_ray.config.sections import (
+    DataConfig, GRPOConfig, LearnerConfig, ModelConfig, OptimConfig, RayConfig, RewardConfig,
+    RolloutConfig, RunConfig, SamplingConfig, Section, WindowConfig,
+)
+
+
+class Config(Section):
+    """A whole run configuration (what ``--print-config`` prints and ``RUN/config.yaml`` holds)."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    rewards: dict[str, RewardConfig] = Field(default_factory=lambda: {"prompt_following": RewardConfig()})
+    learner: LearnerConfig = Field(default_factory=LearnerConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict:
+        """A plain nested dict (sections and rewards as dicts, lists as lists)."""
+        return self.model_dump()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _reward_pools(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise line_error(f"rewards must map at least one reward name to its settings, got {value!r}")
+        return {str(name): ({} if spec is None else spec) for name, spec in value.items()}
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Config":
+        s, w, g, o, d = self.sampling, self.window, self.grpo, self.optim, self.data
+        trainable = s.num_steps - 2  # the last two steps are never trained
+        if g.algorithm == "mixgrpo":
+            if not 1 <= w.size <= trainable:
+                raise line_error(
+                    f"window.size={w.size} does not fit the {trainable} trainable steps of "
+                    f"sampling.num_steps={s.num_steps} (the last two are never trained); use 1..{trainable}"
+                )
+            if not 0 <= w.initial_start <= trainable - w.size:
+                raise line_error(
+                    f"window.initial_start must be in [0, {trainable - w.size}] for window.size={w.size} "
+                    f"and sampling.num_steps={s.num_steps}, got {w.initial_start}"
+                )
+        workers = self.learner.num_workers
+        if o.samples_per_update % workers:
+            raise line_error(
+                f"optim.samples_per_update={o.samples_per_update} must be divisible by "
+                f"learner.num_workers={workers} (each learner takes an equal share)"
+            )
+        samples = d.prompts_per_iteration * g.group_size
+        if samples % o.samples_per_update:
+            raise line_error(
+                f"data.prompts_per_iteration * grpo.group_size = {samples} samples must be divisible "
+                f"by optim.samples_per_update={o.samples_per_update}"
+            )
+        if all(r.weight == 0 for r in self.rewards.values()):
+            raise line_error("at least one reward needs a weight > 0 (rewards.<name>.weight)")
+        return self
+
+
+def from_dict(data: Any) -> Config:
+    """A validated :class:`Config` from a nested dict (unknown keys, wrong types, out-of-range
+    values and impossible combinations raise :class:`ConfigError`)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping, got {data!r}")
+    return Config.model_validate(data)
+
+
+def validate(cfg: Config) -> None:
+    """Check ``cfg`` again as a whole (assignments to a section are checked one key at a time,
+    which misses combinations across sections)."""
+    from_dict(cfg.to_dict())
