@@ -1,57 +1,42 @@
-"""The rollout actor: holds the old policy, samples groups, and hands results on as ObjectRefs.
+"""The rollout workers: actors that hold the old policy, sample groups, and hand results on as
+ObjectRefs.
 
 ``sample`` returns three objects (``num_returns=3``): the images (uint8), the trajectory of the
-trained steps (fp32) and a small metadata dict. The driver forwards the first two, unopened,
-to the reward servers and the learners; it only reads the metadata.
+trained steps (fp32) and a :class:`~mixgrpo_ray.algo.rollout.RolloutMeta`. The driver forwards
+the first two, unopened, to the reward servers and the learners; it only reads the metadata.
 """
 
 from __future__ import annotations
 
-import io
 import time
 from typing import Sequence
 
 import ray
 import torch
 
-from mixgrpo_ray.config import Config, from_dict
-from mixgrpo_ray.models.build import build_policy, pick_device
-from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups, sample_images
+from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
 from mixgrpo_ray.cluster import metrics as ray_metrics
-
-
-def rollout_settings(cfg: Config) -> RolloutSettings:
-    s = cfg.sampling
-    return RolloutSettings(
-        num_steps=s.num_steps,
-        shift=s.shift,
-        noise_level=s.noise_level,
-        sde_kind=s.sde_kind,
-        tail=s.tail,
-        tail_compression=s.tail_compression,
-        share_group_noise=s.share_group_noise,
-        algorithm=cfg.grpo.algorithm,
-        dance_train_fraction=cfg.grpo.dance_train_fraction,
-    )
+from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.common.images import grid_png
+from mixgrpo_ray.common.seeds import rollout_seed
+from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
+from mixgrpo_ray.models.build import build_policy, pick_device
 
 
 class RolloutWorker:
-    """One rollout actor (create with :func:`create_rollout_workers`)."""
+    """One rollout actor (create the group with :class:`RolloutWorkers`)."""
 
-    def __init__(self, config: dict, index: int) -> None:
-        self.cfg = from_dict(config)
+    def __init__(self, index: int, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig,
+                 rollout: RolloutConfig, seed: int) -> None:
         self.index = index
-        torch.set_num_threads(self.cfg.rollout.torch_threads)
-        torch.manual_seed(self.cfg.run.seed)
-        self.device = pick_device(self.cfg.rollout.num_gpus)
-        self.policy = build_policy(self.cfg.model, self.device, trainable=False)
+        torch.set_num_threads(rollout.torch_threads)
+        torch.manual_seed(seed)
+        self.device = pick_device(rollout.num_gpus)
+        self.policy = build_policy(model, self.device, trainable=False)
         self.policy.train(False)
-        self.settings = rollout_settings(self.cfg)
+        self.sampling, self.grpo = sampling, grpo
         self.weight_version = 0
         self._metrics = ray_metrics.RolloutMetrics(index)
-
-    def ready(self) -> int:
-        return self.index
 
     def version(self) -> int:
         """The weight version this actor samples with."""
@@ -66,61 +51,86 @@ class RolloutWorker:
         return self.weight_version
 
     @ray.method(num_returns=3)
-    def sample(self, prompts: Sequence[str], group_size: int, window: Sequence[int], seed: int):
-        """Groups of ``group_size`` images per prompt; returns (images, trajectory, meta)."""
+    def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int):
+        """``grpo.group_size`` images per prompt; returns (images, trajectory, RolloutMeta)."""
         t0 = time.perf_counter()
-        out = sample_groups(
-            self.policy, prompts, group_size, window, self.settings, seed=seed, version=self.weight_version
-        )
+        out = sample_groups(self.policy, prompts, self.grpo.group_size, window, self.sampling, self.grpo,
+                            seed=seed, version=self.weight_version)
         elapsed = time.perf_counter() - t0
-        meta = {
-            "worker": self.index,
-            "version": self.weight_version,
-            "nfe": out.nfe,
-            "num_images": int(out.images.shape[0]),
-            "trained_steps": out.trajectory.num_trained_steps,
-            "time_s": elapsed,
-        }
-        self._metrics.sampled(meta["num_images"], out.nfe, elapsed)
+        meta = RolloutMeta(worker=self.index, version=self.weight_version, nfe=out.nfe,
+                           num_images=int(out.images.shape[0]),
+                           num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed)
+        self._metrics.sampled(meta.num_images, out.nfe, elapsed)
         return out.images, out.trajectory, meta
 
-    @ray.method(num_returns=2)
-    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int]):
-        """Deterministic ODE images (full Euler schedule) for evaluation; returns (images, meta)."""
-        images = sample_images(
-            self.policy, prompts, seeds, num_steps=self.cfg.sampling.num_steps, shift=self.cfg.sampling.shift
-        )
-        return images, {"worker": self.index, "version": self.weight_version, "num_images": len(prompts)}
+    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """Deterministic ODE images (full Euler schedule) for evaluation, uint8."""
+        return sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps, shift=self.sampling.shift)
 
     def grid_png(self, prompts: Sequence[str], seed: int, title: str = "") -> bytes:
         """A captioned PNG grid of one deterministic image per prompt."""
-        from mixgrpo_ray.common.images import image_grid
-
-        images = sample_images(
-            self.policy, prompts, [seed + i for i in range(len(prompts))],
-            num_steps=self.cfg.sampling.num_steps, shift=self.cfg.sampling.shift,
-        )
-        scale = max(1, min(4, 128 // int(images.shape[-1])))  # enlarge small images, keep big ones
-        grid = image_grid(images, captions=list(prompts), title=title, scale=scale)
-        buf = io.BytesIO()
-        grid.save(buf, format="PNG")
-        return buf.getvalue()
+        images = self.sample_eval(prompts, [seed + i for i in range(len(prompts))])
+        return grid_png(images, list(prompts), title=title)
 
 
-def create_rollout_workers(cfg: Config) -> list:
-    """``rollout.num_workers`` named actors ``mixgrpo/rollout/<i>`` with their resources."""
-    rc = cfg.rollout
-    cls = ray.remote(RolloutWorker)
-    workers = []
-    for i in range(rc.num_workers):
-        workers.append(
-            cls.options(
-                name=f"mixgrpo/rollout/{i}",
-                num_cpus=rc.num_cpus,
-                num_gpus=rc.num_gpus,
-                resources=dict(rc.resources) or None,
-                max_concurrency=1,
-            ).remote(cfg.to_dict(), i)
-        )
-    ray.get([w.ready.remote() for w in workers])
-    return workers
+class RolloutWorkers(ActorGroup):
+    """``rollout.num_workers`` actors ``mixgrpo/rollout/<i>``; an iteration's prompts are split
+    over them (or cut into calls of ``rollout.prompts_per_call`` prompts)."""
+
+    def __init__(self, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig, rollout: RolloutConfig,
+                 seed: int) -> None:
+        super().__init__(spawn_actors(
+            RolloutWorker, "rollout", rollout.num_workers, rollout, lambda i: (i, model, sampling, grpo, rollout, seed)
+        ))
+        self.prompts_per_call = rollout.prompts_per_call
+        self.group_size = grpo.group_size
+        self.seed = seed
+
+    def calls(self, prompts: list) -> list[list]:
+        """The prompts of each sampling call, in order."""
+        if self.prompts_per_call:
+            n = self.prompts_per_call
+            return [prompts[i : i + n] for i in range(0, len(prompts), n)]
+        return split_evenly(prompts, len(self.actors))
+
+    def sample(self, prompts: list[str], window: Sequence[int], iteration: int) -> list[tuple]:
+        """Start every sampling call; returns ``(prompts, images_ref, trajectory_ref, meta_ref)``
+        per call, with each prompt repeated ``group_size`` times (one per image)."""
+        out = []
+        for c, chunk in enumerate(self.calls(prompts)):
+            actor = self.actors[c % len(self.actors)]
+            images, traj, meta = actor.sample.remote(chunk, list(window), rollout_seed(self.seed, iteration, c))
+            out.append(([p for p in chunk for _ in range(self.group_size)], images, traj, meta))
+        return out
+
+    def sample_eval(self, prompts: list[str], seeds: list[int]) -> list[tuple[list[str], ray.ObjectRef]]:
+        """Evaluation images of every (prompt, seed) pair, spread over the actors:
+        ``(prompts, images_ref)`` per call."""
+        pairs = list(zip(prompts, seeds))
+        out = []
+        for c, chunk in enumerate(split_evenly(pairs, len(self.actors))):
+            ps = [p for p, _ in chunk]
+            out.append((ps, self.actors[c].sample_eval.remote(ps, [s for _, s in chunk])))
+        return out
+
+    def load_weights(self, version: int, state_ref: list) -> None:
+        """Every actor loads the published weights; raises unless all report ``version``."""
+        loaded = self.get_all("set_weights", version, state_ref)
+        if set(loaded) != {version}:
+            raise RuntimeError(f"rollout actors hold versions {loaded}, expected {version}")
+
+    def grid_png(self, prompts: list[str], seed: int, title: str) -> bytes:
+        return ray.get(self.actors[0].grid_png.remote(prompts, seed, title))
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    """``items`` cut into ``parts`` consecutive pieces whose sizes differ by at most one (empty
+    pieces dropped)."""
+    n = len(items)
+    out, start = [], 0
+    for i in range(parts):
+        size = n // parts + (1 if i < n % parts else 0)
+        if size:
+            out.append(items[start : start + size])
+        start += size
+    return out

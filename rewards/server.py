@@ -16,6 +16,7 @@ import ray
 import torch
 
 from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
 from mixgrpo_ray.config import RewardConfig
 from mixgrpo_ray.rewards.registry import build_reward
 
@@ -29,9 +30,6 @@ class RewardServer:
         self.model = build_reward(kind, **options)
         self.batch_size = int(batch_size)
         self._metrics = ray_metrics.RewardMetrics(name, replica)
-
-    def ready(self) -> str:
-        return self.name
 
     def info(self) -> dict:
         return {"name": self.name, "can_fail": bool(self.model.can_fail), "range": list(self.model.score_range)}
@@ -50,44 +48,39 @@ class RewardServer:
         return scores
 
 
-class RewardPool:
-    """The replicas of one reward model and a least-in-flight router over them."""
+class RewardPool(ActorGroup):
+    """The replicas of one reward model (``mixgrpo/reward/<name>/<i>``) and a least-in-flight
+    router over them."""
 
     def __init__(self, name: str, cfg: RewardConfig) -> None:
+        super().__init__(spawn_actors(
+            RewardServer, f"reward/{name}", cfg.replicas, cfg,
+            lambda i: (name, cfg.kind, dict(cfg.options), cfg.batch_size, cfg.torch_threads, i),
+        ))
         self.name = name
         self.cfg = cfg
-        cls = ray.remote(RewardServer)
-        self.replicas = [
-            cls.options(
-                name=f"mixgrpo/reward/{name}/{i}",
-                num_cpus=cfg.num_cpus,
-                num_gpus=cfg.num_gpus,
-                resources=dict(cfg.resources) or None,
-            ).remote(name, cfg.kind, dict(cfg.options), cfg.batch_size, cfg.torch_threads, i)
-            for i in range(cfg.replicas)
-        ]
-        self._in_flight: list[list[ray.ObjectRef]] = [[] for _ in self.replicas]
+        self._in_flight: list[list[ray.ObjectRef]] = [[] for _ in self.actors]
         self._next = 0
-        self.info = None
+        self.info = ray.get(self.actors[0].info.remote())
 
-    def wait_ready(self) -> None:
-        ray.get([r.ready.remote() for r in self.replicas])
-        self.info = ray.get(self.replicas[0].info.remote())
+    @property
+    def replicas(self) -> list:
+        return self.actors
 
     @property
     def can_fail(self) -> bool:
-        return bool(self.info and self.info["can_fail"])
+        return bool(self.info["can_fail"])
 
     def _pick(self) -> int:
         for i, refs in enumerate(self._in_flight):
             if refs:
-                done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
+                _done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
                 self._in_flight[i] = pending
         loads = [len(r) for r in self._in_flight]
         best = min(loads)
         # round-robin among the least loaded replicas
-        for k in range(len(self.replicas)):
-            i = (self._next + k) % len(self.replicas)
+        for k in range(len(self.actors)):
+            i = (self._next + k) % len(self.actors)
             if loads[i] == best:
                 self._next = i + 1
                 return i
@@ -96,13 +89,31 @@ class RewardPool:
     def submit(self, images_ref: ray.ObjectRef, prompts: Sequence[str]) -> ray.ObjectRef:
         """Score the images behind ``images_ref``; returns the ObjectRef of the ``(B,)`` scores."""
         i = self._pick()
-        ref = self.replicas[i].score.remote(images_ref, list(prompts))
+        ref = self.actors[i].score.remote(images_ref, list(prompts))
         self._in_flight[i].append(ref)
         return ref
 
 
-def create_reward_pools(rewards: dict[str, RewardConfig]) -> dict[str, RewardPool]:
-    pools = {name: RewardPool(name, rc) for name, rc in rewards.items()}
-    for pool in pools.values():
-        pool.wait_ready()
-    return pools
+class RewardPools(dict):
+    """One :class:`RewardPool` per configured reward, by name."""
+
+    def __init__(self, rewards: dict[str, RewardConfig]) -> None:
+        super().__init__()
+        try:
+            for name, rc in rewards.items():
+                self[name] = RewardPool(name, rc)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def submit(self, images_ref: ray.ObjectRef, prompts: Sequence[str]) -> dict[str, ray.ObjectRef]:
+        """Every pool scores the images behind ``images_ref``: name -> scores ObjectRef."""
+        return {name: pool.submit(images_ref, prompts) for name, pool in self.items()}
+
+    @property
+    def actors(self) -> list:
+        return [a for pool in self.values() for a in pool.actors]
+
+    def shutdown(self) -> None:
+        for pool in self.values():
+            pool.shutdown()

@@ -4,13 +4,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings, update_plan
+from mixgrpo_ray.algo.update import GRPOTrainer, update_plan
+from mixgrpo_ray.config import GRPOConfig, OptimConfig, SamplingConfig
 from mixgrpo_ray.config import ModelConfig, resolve
 from mixgrpo_ray.models.flux.policy import FluxPolicy, load_for_mixed_sampling, load_trained_weights
 from mixgrpo_ray.models.flux.text import FluxPromptEncoder
 from mixgrpo_ray.models.build import build_policy
 from mixgrpo_ray.models.policy import Policy
-from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups, sample_images
+from mixgrpo_ray.algo.rollout import sample_groups, sample_images
 from tiny_flux import IMAGE_SIZE, LATENT_CHANNELS, build_tiny_flux
 
 PROMPTS = ["a red cat", "the dog on the mat"]
@@ -36,7 +37,7 @@ def load(flux_dir, trainable=False, **kw) -> FluxPolicy:
 def rollout(flux_dir):
     """Groups of 3 images for two prompts, window [0, 1] of a 6-step schedule."""
     policy = load(flux_dir)
-    return sample_groups(policy, PROMPTS, 3, [0, 1], RolloutSettings(num_steps=6), seed=0)
+    return sample_groups(policy, PROMPTS, 3, [0, 1], SamplingConfig(num_steps=6), GRPOConfig(), seed=0)
 
 
 def perturb_(params, seed: int, std: float) -> None:
@@ -207,7 +208,7 @@ def test_rollout_and_learner_step_on_the_flux_path(flux_dir, rollout):
     learner = load(flux_dir, trainable=True)
     before = learner.trainable_state_dict()
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
-    trainer = GRPOTrainer(learner, OptimSettings(lr=1e-3))
+    trainer = GRPOTrainer(learner, OptimConfig(lr=1e-3), clip_range=1e-4)
     stats = trainer.train_iteration(tr, adv, update_plan(6, 3, 1, seed=0))
     assert stats["updates"] == 2
     assert abs(stats["first_ratio_mean"] - 1.0) < 1e-5
@@ -244,7 +245,7 @@ def test_gradient_checkpointing_gives_the_same_update(flux_dir, rollout, monkeyp
     for flag in (False, True):
         policy = load(flux_dir, trainable=True, gradient_checkpointing=flag)
         n = len(calls)
-        stats = GRPOTrainer(policy, OptimSettings(lr=1e-3)).train_iteration(rollout.trajectory, adv, plan)
+        stats = GRPOTrainer(policy, OptimConfig(lr=1e-3), clip_range=1e-4).train_iteration(rollout.trajectory, adv, plan)
         results.append((stats, policy.trainable_state_dict(), len(calls) - n))
     (plain, w_plain, n_plain), (check, w_check, n_check) = results
     assert n_plain == 0 and n_check > 0  # blocks really ran under activation checkpointing
@@ -283,7 +284,7 @@ def test_lora_trains_and_publishes_only_adapters(flux_dir, rollout):
     # a learner step moves the adapters only
     frozen = {k: v.clone() for k, v in learner.transformer.state_dict().items() if "lora_" not in k}
     adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
-    stats = GRPOTrainer(learner, OptimSettings(lr=1e-2)).train_iteration(rollout.trajectory, adv, update_plan(6, 3, 1, 0))
+    stats = GRPOTrainer(learner, OptimConfig(lr=1e-2), clip_range=1e-4).train_iteration(rollout.trajectory, adv, update_plan(6, 3, 1, 0))
     assert abs(stats["first_ratio_mean"] - 1.0) < 1e-5
     now = learner.transformer.state_dict()
     assert all(torch.equal(now[k], v) for k, v in frozen.items())

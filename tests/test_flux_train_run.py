@@ -10,7 +10,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ray = pytest.importorskip("ray")
 
 from mixgrpo_ray.run.run_dir import RunDir  # noqa: E402
-from mixgrpo_ray.run.training import main as train_main  # noqa: E402
+from mixgrpo_ray.cli.train import main as train_main  # noqa: E402
 from tiny_clip import save_tiny_clip  # noqa: E402
 from tiny_flux import IMAGE_SIZE, build_tiny_flux  # noqa: E402
 

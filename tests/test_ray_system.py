@@ -12,7 +12,8 @@ ray = pytest.importorskip("ray")
 from mixgrpo_ray.learner.group import LearnerGroup  # noqa: E402
 from mixgrpo_ray.algo.update import update_plan  # noqa: E402
 from mixgrpo_ray.config import resolve  # noqa: E402
-from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups  # noqa: E402
+from mixgrpo_ray.algo.rollout import sample_groups  # noqa: E402
+from mixgrpo_ray.config import GRPOConfig, SamplingConfig  # noqa: E402
 from mixgrpo_ray.run.run_dir import RunDir  # noqa: E402
 from mixgrpo_ray.models.tiny.model import TinyPolicy  # noqa: E402
 from mixgrpo_ray.run.training import run  # noqa: E402
@@ -92,7 +93,7 @@ def test_two_iterations_end_to_end(local_ray, tmp_path):
     # the named actors were there (the state API keeps dead actors)
     from ray.util.state import list_actors
 
-    names = {a.name for a in list_actors(limit=1000)}
+    names = {a.name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=1000)}
     for name in ("mixgrpo/rollout/0", "mixgrpo/rollout/1", "mixgrpo/reward/prompt_following/0",
                  "mixgrpo/reward/prompt_following/1", "mixgrpo/reward/quality/0",
                  "mixgrpo/learner/0", "mixgrpo/learner/1"):
@@ -103,7 +104,7 @@ def _batch():
     pol = TinyPolicy(seed=0)
     out = sample_groups(pol, ["a small red circle on a white background, top left",
                               "a large blue square on a black background, center"],
-                        4, [0, 1], RolloutSettings(num_steps=8), seed=3)
+                        4, [0, 1], SamplingConfig(num_steps=8), GRPOConfig(), seed=3)
     adv = torch.randn(8, generator=torch.Generator().manual_seed(0))
     return out.trajectory, adv
 
@@ -112,12 +113,12 @@ def _train_with(num_learners, traj_ref, adv, plan_seed=0):
     cfg = resolve(None, ["model.path=random", f"learner.num_workers={num_learners}", "learner.num_cpus=0.5",
                          "optim.samples_per_update=4", "optim.lr=1e-3", "grpo.group_size=4",
                          "data.prompts_per_iteration=2"])
-    group = LearnerGroup(cfg)
+    group = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)
     try:
-        plan = update_plan(8, 4, num_learners, seed=plan_seed)
-        stats = group.train([traj_ref], adv, plan)
-        state = ray.get(group.workers[0].trainable_state.remote())
-        others = ray.get([w.trainable_state.remote() for w in group.workers[1:]])
+        assert group.plan(8, plan_seed) == update_plan(8, 4, num_learners, seed=cfg.run.seed * 7 + plan_seed)
+        stats = group.train([traj_ref], adv, plan_seed)
+        state = ray.get(group.actors[0].trainable_state.remote())
+        others = ray.get([w.trainable_state.remote() for w in group.actors[1:]])
         return stats, state, others, group
     except Exception:
         group.shutdown()
@@ -143,9 +144,9 @@ def test_two_learners_equal_one_learner(local_ray):
         version, refs = g2.publish()
         assert version == 1 and len(refs) == 1
         with pytest.raises(ray.exceptions.RayTaskError, match="refusing the stale batch"):
-            g2.train([ref], adv, update_plan(8, 4, 2, seed=0))
-        g2.cfg.learner.max_staleness = 1
-        g2.train([ref], adv, update_plan(8, 4, 2, seed=0))
+            g2.train([ref], adv, 1)
+        g2.max_staleness = 1
+        g2.train([ref], adv, 1)
     finally:
         g2.shutdown()
 
@@ -170,11 +171,11 @@ def test_resume_gives_the_same_next_iteration(local_ray, tmp_path):
 
 
 def test_publish_dtype_bf16_halves_the_broadcast(local_ray):
-    from mixgrpo_ray.learner.group import LearnerWorker
+    from mixgrpo_ray.learner.worker import LearnerWorker
 
     for dtype, expect in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         cfg = resolve(None, ["model.path=random", f"learner.publish_dtype={dtype}"])
-        worker = LearnerWorker(cfg.to_dict(), 0, 1)  # in-process: no actor needed for this check
+        worker = LearnerWorker(0, 1, cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)  # in-process
         worker.init_process_group("", 0)
         version, refs = worker.publish()
         state = ray.get(refs[0])

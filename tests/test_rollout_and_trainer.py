@@ -5,9 +5,11 @@ import copy
 import pytest
 import torch
 
-from mixgrpo_ray.algo.update import GRPOTrainer, OptimSettings, update_plan
-from mixgrpo_ray.algo.rollout import RolloutSettings, sample_groups, sample_images
-from mixgrpo_ray.core.sampling import sde_log_prob, sde_mean_std, sigma_schedule
+from mixgrpo_ray.algo.update import GRPOTrainer, update_plan
+from mixgrpo_ray.config import GRPOConfig, OptimConfig, SamplingConfig
+from mixgrpo_ray.algo.rollout import sample_groups, sample_images
+from mixgrpo_ray.core.schedule import sigma_schedule
+from mixgrpo_ray.core.steps import sde_log_prob, sde_mean_std
 from mixgrpo_ray.core.trajectory import Trajectory
 from toy_policy import ToyPolicy
 
@@ -16,7 +18,7 @@ PROMPTS = ["a red circle", "a blue square", "a green triangle"]
 
 def test_sample_groups_records_window_and_shares_group_noise():
     pol = ToyPolicy()
-    out = sample_groups(pol, PROMPTS, 4, [3, 4, 5, 6], RolloutSettings(), seed=1, version=7)
+    out = sample_groups(pol, PROMPTS, 4, [3, 4, 5, 6], SamplingConfig(), GRPOConfig(), seed=1, version=7)
     tr = out.trajectory
     assert out.images.shape == (12, 3, 4, 4) and out.images.dtype == torch.uint8
     assert tr.latents.shape == (12, 4, 4, 4, 4) and tr.latents.dtype == torch.float32
@@ -36,18 +38,18 @@ def test_sample_groups_records_window_and_shares_group_noise():
     mean, std = sde_mean_std(tr.latents[:, 2], v, tr.sigmas[:, 2], tr.sigmas_next[:, 2], 0.7)
     torch.testing.assert_close(sde_log_prob(tr.next_latents[:, 2], mean, std), tr.log_probs[:, 2], atol=1e-5, rtol=1e-6)
     # determinism
-    again = sample_groups(pol, PROMPTS, 4, [3, 4, 5, 6], RolloutSettings(), seed=1)
+    again = sample_groups(pol, PROMPTS, 4, [3, 4, 5, 6], SamplingConfig(), GRPOConfig(), seed=1)
     assert torch.equal(again.images, out.images)
 
 
 def test_independent_noise_option():
-    out = sample_groups(ToyPolicy(), PROMPTS[:1], 3, [0, 1], RolloutSettings(share_group_noise=False), seed=2)
+    out = sample_groups(ToyPolicy(), PROMPTS[:1], 3, [0, 1], SamplingConfig(share_group_noise=False), GRPOConfig(), seed=2)
     assert not torch.equal(out.trajectory.latents[0, 0], out.trajectory.latents[1, 0])
 
 
 def test_dance_rollout_keeps_a_random_sixty_percent_per_sample():
-    s = RolloutSettings(algorithm="dancegrpo", sde_kind="dance_grpo", noise_level=0.3)
-    out = sample_groups(ToyPolicy(), PROMPTS[:2], 3, [0], s, seed=3)
+    s, g = SamplingConfig(sde_kind="dance_grpo", noise_level=0.3), GRPOConfig(algorithm="dancegrpo")
+    out = sample_groups(ToyPolicy(), PROMPTS[:2], 3, [0], s, g, seed=3)
     tr = out.trajectory
     assert out.nfe == 25 and tr.num_trained_steps == 14
     assert (tr.steps < 24).all()
@@ -75,7 +77,7 @@ def test_update_plan_deals_every_sample_once():
 
 def _batch(seed=1):
     pol = ToyPolicy()
-    out = sample_groups(pol, PROMPTS, 4, [0, 1, 2, 3], RolloutSettings(), seed=seed)
+    out = sample_groups(pol, PROMPTS, 4, [0, 1, 2, 3], SamplingConfig(), GRPOConfig(), seed=seed)
     adv = torch.randn(12, generator=torch.Generator().manual_seed(seed))
     return pol, out.trajectory, adv
 
@@ -83,7 +85,7 @@ def _batch(seed=1):
 def test_first_update_ratio_is_one_and_training_moves_weights():
     pol, traj, adv = _batch()
     before = copy.deepcopy(pol.trainable_state_dict())
-    trainer = GRPOTrainer(pol, OptimSettings(lr=1e-3))
+    trainer = GRPOTrainer(pol, OptimConfig(lr=1e-3), clip_range=1e-4)
     stats = trainer.train_iteration(traj, adv, update_plan(12, 6, 1, seed=0))
     assert abs(stats["first_ratio_mean"] - 1) < 1e-5
     assert abs(stats["first_ratio_max"] - 1) < 1e-5 and abs(stats["first_ratio_min"] - 1) < 1e-5
@@ -95,7 +97,7 @@ def test_first_update_ratio_is_one_and_training_moves_weights():
 def test_gradient_is_minus_advantage_times_grad_logp_on_policy():
     """On-policy, d loss / d theta = -mean_{b,j} A_b * d logp_{b,j} / d theta (ratio 1)."""
     pol, traj, adv = _batch(2)
-    trainer = GRPOTrainer(pol, OptimSettings(lr=0.0, weight_decay=0.0, max_grad_norm=1e9))
+    trainer = GRPOTrainer(pol, OptimConfig.model_construct(lr=0.0, weight_decay=0.0, max_grad_norm=1e9), clip_range=1e-4)
     params = list(pol.trainable_parameters())
     # reference gradient by the formula, from scratch
     cond = {k: v for k, v in pol.encode_prompts(traj.prompts).items()}
@@ -130,10 +132,10 @@ def test_shared_prefix_shortcut_equals_full_group_rollout():
     """With shared group noise the pre-window ODE runs once per prompt; the result must equal
     running it for every member of the group."""
     from mixgrpo_ray.models.policy import cond_repeat
-    from mixgrpo_ray.core.sampling import mixed_rollout
+    from mixgrpo_ray.core.mixed_rollout import mixed_rollout
 
     pol = ToyPolicy()
-    out = sample_groups(pol, PROMPTS[:2], 3, [5, 6, 7], RolloutSettings(), seed=4)
+    out = sample_groups(pol, PROMPTS[:2], 3, [5, 6, 7], SamplingConfig(), GRPOConfig(), seed=4)
     gen = torch.Generator().manual_seed(4)
     x = pol.initial_noise(2, gen).repeat_interleave(3, dim=0)
     cond = cond_repeat(pol.encode_prompts(PROMPTS[:2]), 3)

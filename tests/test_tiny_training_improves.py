@@ -13,7 +13,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 @pytest.mark.slow
 def test_default_preset_raises_held_out_prompt_following(tmp_path, monkeypatch):
-    from mixgrpo_ray.run.training import main
+    from mixgrpo_ray.cli.train import main
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert main([f"run.output_dir={tmp_path}", "run.name=default", "run.progress=false",

@@ -1,7 +1,7 @@
 """Sampling groups of images with the old policy and recording what the learner needs (no Ray).
 
 :func:`sample_groups` is what a rollout actor runs: for each prompt, ``group_size`` images
-(sharing one initial noise by default, SPEC §6) by MixGRPO's mixed ODE-SDE rollout, or by
+(sharing one initial noise by default, docs/algorithm.md eq. (23)) by MixGRPO's mixed ODE-SDE rollout, or by
 DanceGRPO's SDE-everywhere rollout with a random subset of steps kept for training.
 :func:`sample_images` is plain deterministic ODE sampling for evaluation and image grids.
 """
@@ -13,25 +13,25 @@ from typing import Optional, Sequence
 
 import torch
 
+from mixgrpo_ray.common.images import as_uint8
+from mixgrpo_ray.config import GRPOConfig, SamplingConfig
 from mixgrpo_ray.models.policy import Policy, cond_repeat
-from mixgrpo_ray.core.sampling import mixed_rollout, ode_solve, sigma_schedule
+from mixgrpo_ray.core.dpm_solver import ode_solve
+from mixgrpo_ray.core.mixed_rollout import mixed_rollout
+from mixgrpo_ray.core.schedule import sigma_schedule
 from mixgrpo_ray.core.trajectory import Trajectory
-from mixgrpo_ray.models.reward import as_uint8
 
 
 @dataclass
-class RolloutSettings:
-    """The sampling knobs of one iteration (see :class:`mixgrpo_ray.config.SamplingConfig`)."""
+class RolloutMeta:
+    """What a rollout call reports about itself (the driver reads only this, never the tensors)."""
 
-    num_steps: int = 25
-    shift: float = 3.0
-    noise_level: float = 0.7
-    sde_kind: str = "flow_grpo"
-    tail: str = "euler"
-    tail_compression: float = 0.4
-    share_group_noise: bool = True
-    algorithm: str = "mixgrpo"  # or "dancegrpo"
-    dance_train_fraction: float = 0.6
+    worker: int
+    version: int  # weight version the images were sampled with
+    nfe: int  # model evaluations per image
+    num_images: int
+    num_trained_steps: int  # recorded SDE steps per image (the policy's NFE when training)
+    time_s: float
 
 
 @dataclass
@@ -68,21 +68,23 @@ def sample_groups(
     prompts: Sequence[str],
     group_size: int,
     window: Sequence[int],
-    settings: RolloutSettings,
+    sampling: SamplingConfig,
+    grpo: GRPOConfig,
     *,
     seed: int,
     version: int = 0,
 ) -> RolloutOutput:
     """``group_size`` images per prompt (rows ``p*G .. p*G+G-1`` belong to prompt ``p``) and the
-    trajectory of their trained steps. Deterministic given ``seed`` and the weights."""
+    trajectory of their trained steps (``grpo.algorithm`` picks MixGRPO's window or DanceGRPO's
+    SDE-everywhere rollout). Deterministic given ``seed`` and the weights."""
     gen = torch.Generator().manual_seed(int(seed))
     prompt_cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(list(prompts)).items()}
     cond = cond_repeat(prompt_cond, group_size)
-    sigmas = sigma_schedule(settings.num_steps, settings.shift)
-    dance = settings.algorithm == "dancegrpo"
-    steps = list(range(settings.num_steps)) if dance else list(window)
+    sigmas = sigma_schedule(sampling.num_steps, sampling.shift)
+    dance = grpo.algorithm == "dancegrpo"
+    steps = list(range(sampling.num_steps)) if dance else list(window)
     start = 0
-    if settings.share_group_noise and steps[0] > 0:
+    if sampling.share_group_noise and steps[0] > 0:
         # A group shares its noise, so its ODE steps before the window are identical: take them
         # once per prompt, then fan out to the group (same result, 1/G of the cost).
         x = policy.initial_noise(len(prompts), gen).to(policy.device)
@@ -90,18 +92,18 @@ def sample_groups(
         x = x.repeat_interleave(group_size, dim=0)
         start = steps[0]
     else:
-        x = initial_noise(policy, len(prompts), group_size, settings.share_group_noise, gen)
+        x = initial_noise(policy, len(prompts), group_size, sampling.share_group_noise, gen)
     out = mixed_rollout(
         _velocity_fn(policy, cond),
         x.to(policy.device),
         sigmas,
         steps,
         start_step=start,
-        noise_level=settings.noise_level,
-        sde_kind=settings.sde_kind,
-        tail=settings.tail,
-        tail_compression=settings.tail_compression,
-        shift=settings.shift,
+        noise_level=sampling.noise_level,
+        sde_kind=sampling.sde_kind,
+        tail=sampling.tail,
+        tail_compression=sampling.tail_compression,
+        shift=sampling.shift,
         generator=gen,
     )
     with torch.no_grad():
@@ -116,10 +118,10 @@ def sample_groups(
     sig_n = torch.tensor([r.sigma_next for r in recs], dtype=torch.float32).expand(batch, -1)
     step_idx = torch.tensor([r.step for r in recs], dtype=torch.long).expand(batch, -1)
     if dance:
-        # per sample, a random fraction of the first T-1 steps is trained (SPEC §6)
-        k = max(1, int(settings.dance_train_fraction * (settings.num_steps - 1)))
+        # per sample, a random fraction of the first T-1 steps is trained (docs/algorithm.md eq. (22))
+        k = max(1, int(grpo.dance_train_fraction * (sampling.num_steps - 1)))
         keep = torch.stack(
-            [torch.randperm(settings.num_steps - 1, generator=gen)[:k].sort().values for _ in range(batch)]
+            [torch.randperm(sampling.num_steps - 1, generator=gen)[:k].sort().values for _ in range(batch)]
         )
         rows = torch.arange(batch)[:, None]
         lat, nxt, lp = lat[rows, keep], nxt[rows, keep], lp[rows, keep]
@@ -133,8 +135,8 @@ def sample_groups(
         log_probs=lp.contiguous(),
         steps=step_idx.contiguous(),
         version=version,
-        sde_kind=settings.sde_kind,
-        noise_level=settings.noise_level,
+        sde_kind=sampling.sde_kind,
+        noise_level=sampling.noise_level,
     )
     return RolloutOutput(images=images, trajectory=traj, nfe=out.nfe)
 
@@ -155,7 +157,7 @@ def sample_images(
     float32 in ``[0, 1]`` with ``float_images``).
 
     Each image's initial noise comes from its own seed, so results do not depend on batching.
-    With ``base_policy`` and ``mix_fraction < 1`` (test-time mixed-model sampling, SPEC §8) the
+    With ``base_policy`` and ``mix_fraction < 1`` (test-time mixed-model sampling, docs/algorithm.md eq. (36)) the
     first ``round(mix_fraction * num_steps)`` steps use ``policy`` and the rest ``base_policy``.
     """
     if len(prompts) != len(seeds):

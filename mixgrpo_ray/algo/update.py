@@ -1,4 +1,4 @@
-"""One learner rank's GRPO update on recorded window steps (SPEC §6). torch only, no Ray.
+"""One learner rank's GRPO update on recorded window steps (docs/algorithm.md §9, eqs. (32)–(35)). torch only, no Ray.
 
 For every optimiser update (a chunk of ``samples_per_update`` samples, split evenly across
 ranks) and every trained step ``j`` of those samples, the learner re-evaluates the recorded
@@ -10,29 +10,19 @@ global norm, and AdamW steps. Later chunks of an iteration are slightly off-poli
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from mixgrpo_ray.config import OptimConfig
 from mixgrpo_ray.core.grpo import grpo_loss
 from mixgrpo_ray.models.policy import Policy
-from mixgrpo_ray.core.sampling import sde_log_prob, sde_mean_std
+from mixgrpo_ray.core.steps import sde_log_prob, sde_mean_std
 from mixgrpo_ray.core.trajectory import Trajectory
 
 
-@dataclass
-class OptimSettings:
-    lr: float = 1e-5
-    betas: tuple = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 1e-4
-    max_grad_norm: float = 1.0
-    clip_range: float = 1e-4
-
-
-def build_optimizer(policy: Policy, s: OptimSettings) -> torch.optim.Optimizer:
+def build_optimizer(policy: Policy, s: OptimConfig) -> torch.optim.Optimizer:
     """AdamW over the policy's trainable parameters (fp32 master weights)."""
     params = [p for p in policy.trainable_parameters() if p.requires_grad]
     if not params:
@@ -67,18 +57,20 @@ class GRPOTrainer:
     def __init__(
         self,
         policy: Policy,
-        settings: OptimSettings,
+        optim: OptimConfig,
+        clip_range: float,
         *,
         rank: int = 0,
         world_size: int = 1,
         process_group: Optional[object] = None,
     ) -> None:
         self.policy = policy
-        self.settings = settings
+        self.optim = optim
+        self.clip_range = float(clip_range)
         self.rank = rank
         self.world_size = world_size
         self.group = process_group
-        self.optimizer = build_optimizer(policy, settings)
+        self.optimizer = build_optimizer(policy, optim)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _all_reduce_mean_grads(self) -> None:
@@ -130,7 +122,7 @@ class GRPOTrainer:
             step_stats: dict[str, float] = {}
             for j in range(k):
                 logp_new = self.step_log_probs(batch, cond, j)
-                loss, st = grpo_loss(logp_new, batch.log_probs[:, j].to(dev), adv, self.settings.clip_range)
+                loss, st = grpo_loss(logp_new, batch.log_probs[:, j].to(dev), adv, self.clip_range)
                 (loss / k).backward()
                 for key, val in st.items():
                     if key == "ratio_min":
@@ -140,7 +132,7 @@ class GRPOTrainer:
                     else:
                         step_stats[key] = step_stats.get(key, 0.0) + val / k
             self._all_reduce_mean_grads()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.settings.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim.max_grad_norm)
             self.optimizer.step()
             step_stats["grad_norm"] = float(grad_norm)
             if u == 0:

@@ -2,90 +2,67 @@
 
 The driver holds prompts, scalars, advantages and ObjectRefs only. Images travel from rollout
 actors to reward servers and trajectories from rollout actors to learners as ObjectRefs that
-the driver never opens.
+the driver never opens. Each role is one group object built from its own config sections.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import dataclass
+import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import ray
 import torch
 
-from mixgrpo_ray.actors.rollout import create_rollout_workers
-from mixgrpo_ray.learner.group import LearnerGroup
-from mixgrpo_ray.algo.update import update_plan
+from mixgrpo_ray.actors.rollout import RolloutWorkers
+from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster import metrics as ray_metrics
-from mixgrpo_ray.cluster.actors import kill_actors
+from mixgrpo_ray.common import checkpoint as ckpt
+from mixgrpo_ray.common.seeds import GRID_SEED, eval_seeds
 from mixgrpo_ray.config import Config
 from mixgrpo_ray.core.grpo import group_advantages
-from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
-from mixgrpo_ray.run.run_dir import RunDir
 from mixgrpo_ray.core.window import SlidingWindow
-from mixgrpo_ray.rewards.server import create_reward_pools
+from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
+from mixgrpo_ray.learner.group import LearnerGroup
+from mixgrpo_ray.rewards.server import RewardPools
+from mixgrpo_ray.run.metric_rows import eval_row, iteration_row, rollout_columns
+from mixgrpo_ray.run.run_dir import RunDir
+from mixgrpo_ray.run.timing import PhaseTimer
 
 
-def make_window(cfg: Config) -> SlidingWindow:
-    w = cfg.window
-    return SlidingWindow(
-        size=w.size, shift_interval=w.shift_interval, stride=w.stride, strategy=w.strategy,
-        num_steps=cfg.sampling.num_steps, interval_schedule=w.interval_schedule, at_end=w.at_end,
-        seed=cfg.run.seed, initial_start=w.initial_start, min_shift_interval=w.min_shift_interval,
-    )
-
-
-def split_evenly(items: list, parts: int) -> list[list]:
-    """``items`` cut into ``parts`` consecutive pieces whose sizes differ by at most one (empty
-    pieces dropped)."""
-    n = len(items)
-    out, start = [], 0
-    for i in range(parts):
-        size = n // parts + (1 if i < n % parts else 0)
-        if size:
-            out.append(items[start : start + size])
-        start += size
-    return out
-
-
-@dataclass
+@dataclasses.dataclass
 class RolloutBatch:
     """One rollout call's results: refs the driver forwards, and what it reads itself."""
 
     prompts: list[str]  # one per image (each prompt repeated group_size times)
     images: ray.ObjectRef
     trajectory: ray.ObjectRef
-    meta: ray.ObjectRef
+    meta: ray.ObjectRef  # -> RolloutMeta
+    scores: dict  # reward name -> ObjectRef of (B,) scores, requested as soon as the call started
 
 
 class Driver:
     def __init__(self, cfg: Config, run_dir: RunDir) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
-        self.window = make_window(cfg)
+        self.window = SlidingWindow(num_steps=cfg.sampling.num_steps, seed=cfg.run.seed, **vars(cfg.window))
         self.sampler = PromptSampler(load_prompts(cfg.data.train), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
         eval_prompts = load_prompts(cfg.data.eval)
-        if cfg.data.eval_prompts:
-            eval_prompts = eval_prompts[: cfg.data.eval_prompts]
-        self.eval_prompts = eval_prompts
+        self.eval_prompts = eval_prompts[: cfg.data.eval_prompts] if cfg.data.eval_prompts else eval_prompts
         # grid prompts spread evenly over the held-out set (it is ordered by attributes)
-        n = min(cfg.run.grid_prompts, len(eval_prompts))
-        self.grid_prompts = [eval_prompts[(i * len(eval_prompts)) // n] for i in range(n)] if n else []
-        self.weights = {n: r.weight for n, r in cfg.rewards.items() if r.weight > 0}
+        n = min(cfg.run.grid_prompts, len(self.eval_prompts))
+        self.grid_prompts = [self.eval_prompts[(i * len(self.eval_prompts)) // n] for i in range(n)] if n else []
+        self.weights = {name: r.weight for name, r in cfg.rewards.items() if r.weight > 0}
         self.iteration = 0
         self.version = 0
-        # the roles, each scaled by its own config
-        self.rollout: list = []
-        self.rewards: dict = {}
-        self.learners = None
-        try:
-            self.rollout = create_rollout_workers(cfg)
-            self.rewards = create_reward_pools(cfg.rewards)
-            self.learners = LearnerGroup(cfg)
+        self.timer = PhaseTimer()
+        self.rollout: Optional[RolloutWorkers] = None
+        self.rewards: Optional[RewardPools] = None
+        self.learners: Optional[LearnerGroup] = None
+        try:  # the roles, each scaled by its own config section
+            self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed)
+            self.rewards = RewardPools(cfg.rewards)
+            self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)
         except BaseException:
             self.shutdown()  # leave no half-started run behind
             raise
@@ -95,132 +72,82 @@ class Driver:
     # The five phases of an iteration
     # ------------------------------------------------------------------------------------------
     def sample(self, prompts: list[str], window: list[int], iteration: int) -> list[RolloutBatch]:
-        """Split the prompts over the rollout actors; each returns images/trajectory refs."""
-        g = self.cfg.grpo.group_size
-        per_call = self.cfg.rollout.prompts_per_call
-        if per_call:
-            chunks = [prompts[i : i + per_call] for i in range(0, len(prompts), per_call)]
-        else:
-            chunks = split_evenly(prompts, len(self.rollout))
-        batches = []
-        for c, chunk in enumerate(chunks):
-            worker = self.rollout[c % len(self.rollout)]
-            seed = self.cfg.run.seed * 1_000_003 + iteration * 1009 + c
-            images, traj, meta = worker.sample.remote(chunk, g, window, seed)
-            batches.append(RolloutBatch([p for p in chunk for _ in range(g)], images, traj, meta))
-        return batches
+        """Start every rollout call and, for each, its scoring at every reward pool (Ray runs a
+        scoring request as soon as that call's images exist)."""
+        return [
+            RolloutBatch(ps, images, traj, meta, self.rewards.submit(images, ps))
+            for ps, images, traj, meta in self.rollout.sample(prompts, window, iteration)
+        ]
 
-    def score(self, image_refs: list[ray.ObjectRef], prompts: list[list[str]]) -> dict[str, torch.Tensor]:
-        """Every reward pool scores every batch (requests go out at once; Ray starts each as
-        soon as its images exist). Returns name -> flat scores in batch order."""
-        refs = {name: [pool.submit(img, p) for img, p in zip(image_refs, prompts)] for name, pool in self.rewards.items()}
-        return {name: torch.cat(ray.get(r)) for name, r in refs.items()}
+    def score(self, batches: list[RolloutBatch]) -> dict[str, torch.Tensor]:
+        """Every reward's scores, flat in sample order."""
+        return {name: torch.cat(ray.get([b.scores[name] for b in batches])) for name in self.rewards}
 
     def advantages(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Group-relative advantages over the trained rewards, flat in sample order."""
+        """Group-relative advantages over the trained rewards (docs/algorithm.md eqs. (29)-(31)),
+        flat in sample order; NaN scores of a reward that may fail are left out."""
         g = self.cfg.grpo.group_size
         grouped = {n: scores[n].reshape(-1, g) for n in self.weights}
         valid = {n: torch.isfinite(grouped[n]) for n in self.weights if self.rewards[n].can_fail}
-        adv = group_advantages(
-            grouped, self.weights, mode=self.cfg.grpo.advantage_mode, clip=self.cfg.grpo.advantage_clip, valid=valid
-        )
+        adv = group_advantages(grouped, self.weights, mode=self.cfg.grpo.advantage_mode,
+                               clip=self.cfg.grpo.advantage_clip, valid=valid)
         return adv.reshape(-1)
 
     def train(self, batches: list[RolloutBatch], advantages: torch.Tensor, iteration: int) -> dict:
-        plan = update_plan(
-            len(advantages), self.cfg.optim.samples_per_update, self.learners.world_size,
-            seed=self.cfg.run.seed * 7 + iteration,
-        )
-        return self.learners.train([b.trajectory for b in batches], advantages, plan)
+        return self.learners.train([b.trajectory for b in batches], advantages, iteration)
 
     def broadcast(self, bump: bool = True) -> int:
         """Publish the learner's weights once; every rollout actor loads them before sampling."""
         version, ref = self.learners.publish(bump=bump)
-        loaded = ray.get([w.set_weights.remote(version, ref) for w in self.rollout])
-        if set(loaded) != {version}:
-            raise RuntimeError(f"rollout actors hold versions {loaded}, expected {version}")
+        self.rollout.load_weights(version, ref)
         self.version = version
         return version
 
-    # ------------------------------------------------------------------------------------------
     def run_iteration(self) -> dict:
+        """One iteration of the five phases; returns its metrics row."""
         it = self.iteration + 1
-        t0 = time.perf_counter()
         window = self.window.current()
         prompts = self.sampler.next_batch(self.cfg.data.prompts_per_iteration)
-
-        batches = self.sample(prompts, window, it)
-        metas = ray.get([b.meta for b in batches])
-        t_rollout = time.perf_counter()
-        scores = self.score([b.images for b in batches], [b.prompts for b in batches])
-        t_reward = time.perf_counter()
-        adv = self.advantages(scores)
-        stats = self.train(batches, adv, it)
-        t_train = time.perf_counter()
-        self.broadcast()
-        t_sync = time.perf_counter()
+        self.timer.reset()
+        with self.timer.phase("rollout"):
+            batches = self.sample(prompts, window, it)
+            metas: list[RolloutMeta] = ray.get([b.meta for b in batches])
+        with self.timer.phase("reward"):
+            scores = self.score(batches)
+        with self.timer.phase("train"):
+            adv = self.advantages(scores)
+            stats = self.train(batches, adv, it)
+        with self.timer.phase("sync"):
+            self.broadcast()
         self.window.step()
         self.iteration = it
 
-        row = self._iteration_row(it, window, metas, scores, adv, stats,
-                                  (t0, t_rollout, t_reward, t_train, t_sync))
+        window_start = window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1
+        can_fail = {name: pool.can_fail for name, pool in self.rewards.items()}
+        row = iteration_row(it, window_start, self.version, metas, scores, self.weights, can_fail, adv, stats,
+                            self.timer.seconds)
         if self.cfg.run.log_rollouts:
-            self._write_rollouts(it, batches, metas, scores, adv, window)
+            versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
+            self.run_dir.write_rollouts(it, rollout_columns(
+                it, [p for b in batches for p in b.prompts], self.cfg.grpo.group_size, versions, window[0], adv, scores))
         return row
 
-    def _iteration_row(self, it, window, metas, scores, adv, stats, times) -> dict:
-        t0, t_rollout, t_reward, t_train, t_sync = times
-        images = sum(m["num_images"] for m in metas)
-        row: dict = {
-            "iteration": it,
-            "window_start": window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1,
-            "weight_version": self.version,
-            "rollout_versions": sorted({m["version"] for m in metas}),
-        }
-        total = 0.0
-        wsum = sum(self.weights.values())
-        for name, s in scores.items():
-            ok = s[torch.isfinite(s)]
-            mean = float(ok.mean()) if ok.numel() else float("nan")
-            row[f"reward/{name}"] = mean
-            row[f"reward/{name}_std"] = float(ok.std()) if ok.numel() > 1 else 0.0
-            if self.rewards[name].can_fail:
-                row[f"reward/{name}_failures"] = int(s.numel() - ok.numel())
-            if name in self.weights:
-                total += self.weights[name] / wsum * mean
-        row["reward_mean"] = total
-        row["advantage_abs_mean"] = float(adv.abs().mean())
-        row["advantage_std"] = float(adv.std()) if adv.numel() > 1 else 0.0
-        for key in ("loss", "ratio_mean", "ratio_min", "ratio_max", "clip_fraction", "approx_kl", "grad_norm",
-                    "first_ratio_mean", "first_ratio_min", "first_ratio_max", "updates"):
-            if key in stats:
-                row[f"train/{key}"] = stats[key]
-        row["nfe/rollout"] = max(m["nfe"] for m in metas)
-        row["nfe/policy"] = metas[0]["trained_steps"]
-        row["time/rollout_s"] = t_rollout - t0
-        row["time/reward_s"] = t_reward - t_rollout
-        row["time/train_s"] = t_train - t_reward
-        row["time/sync_s"] = t_sync - t_train
-        row["time/iteration_s"] = t_sync - t0
-        row["images_per_second"] = images / max(t_rollout - t0, 1e-9)
-        return row
-
-    def _write_rollouts(self, it, batches, metas, scores, adv, window) -> None:
-        g = self.cfg.grpo.group_size
-        prompts = [p for b in batches for p in b.prompts]
-        versions = [m["version"] for b, m in zip(batches, metas) for _ in b.prompts]
-        cols = {
-            "iteration": [it] * len(prompts),
-            "prompt": prompts,
-            "group": [i // g for i in range(len(prompts))],
-            "sample": [i % g for i in range(len(prompts))],
-            "weight_version": versions,
-            "window_start": [window[0]] * len(prompts),
-            "advantage": adv.tolist(),
-        }
-        for name, s in scores.items():
-            cols[f"reward/{name}"] = s.tolist()
-        self.run_dir.write_rollouts(it, cols)
+    def train_until(self, iterations: int, after_iteration: Callable[[dict], None]) -> None:
+        """The training loop: iterations until ``iterations``, each followed by periodic
+        evaluation, grids and checkpoints, then ``after_iteration(row)`` (logging, progress)."""
+        r = self.cfg.run
+        while self.iteration < iterations:
+            row = self.run_iteration()
+            it = self.iteration
+            if r.eval_every and it % r.eval_every == 0 and it < iterations:
+                row.update(self.evaluate())
+            if r.grid_every and it % r.grid_every == 0:
+                self.grid(ckpt.checkpoint_name(it))
+            self.run_dir.append_metrics(row)
+            self.metrics.record(row)
+            if r.checkpoint_every and it % r.checkpoint_every == 0:
+                self.checkpoint()
+            after_iteration(row)
 
     # ------------------------------------------------------------------------------------------
     # Evaluation, pictures, checkpoints
@@ -228,33 +155,21 @@ class Driver:
     def evaluate(self) -> dict:
         """Every reward on the held-out prompts, ``data.eval_seeds`` fixed noises each: mean and
         standard error per reward (deterministic ODE sampling with the current weights)."""
-        seeds = list(range(10_000, 10_000 + self.cfg.data.eval_seeds))
+        seeds = eval_seeds(self.cfg.data.eval_seeds)
         pairs = [(p, s) for s in seeds for p in self.eval_prompts]
-        chunks = split_evenly(pairs, len(self.rollout))
-        image_refs, prompts = [], []
-        for c, chunk in enumerate(chunks):
-            images, _meta = self.rollout[c % len(self.rollout)].sample_eval.remote(
-                [p for p, _ in chunk], [s for _, s in chunk]
-            )
-            image_refs.append(images)
-            prompts.append([p for p, _ in chunk])
-        scores = self.score(image_refs, prompts)
-        out = {}
-        for name, s in scores.items():
-            ok = s[torch.isfinite(s)]
-            out[f"eval/reward/{name}"] = float(ok.mean())
-            out[f"eval/reward/{name}_se"] = float(ok.std() / math.sqrt(ok.numel())) if ok.numel() > 1 else 0.0
-        out["eval/images"] = len(pairs)
-        return out
+        calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
+        refs = [self.rewards.submit(images, ps) for ps, images in calls]
+        scores = {name: torch.cat(ray.get([r[name] for r in refs])) for name in self.rewards}
+        return {**eval_row(scores), "eval/images": len(pairs)}
 
     def grid(self, label: str) -> Optional[Path]:
         if not self.grid_prompts:
             return None
-        png = ray.get(self.rollout[0].grid_png.remote(self.grid_prompts, 1234, f"{label} (weights v{self.version})"))
+        png = self.rollout.grid_png(self.grid_prompts, GRID_SEED, f"{label} (weights v{self.version})")
         return self.run_dir.write_grid(f"{label}.png", png)
 
     def checkpoint(self) -> Path:
-        staging = self.run_dir.staging_path(self.iteration)
+        staging = ckpt.staging_dir(self.run_dir.path, self.iteration)
         self.learners.save_checkpoint(str(staging))
         state = {
             "iteration": self.iteration,
@@ -262,10 +177,10 @@ class Driver:
             "window": self.window.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
-        return self.run_dir.commit_checkpoint(staging, self.iteration, state)
+        return ckpt.commit(self.run_dir.path, staging, self.iteration, state)
 
     def restore(self, checkpoint: Path) -> None:
-        state = json.loads((checkpoint / "state.json").read_text())
+        state = ckpt.read_state(checkpoint)
         version = self.learners.load_checkpoint(str(checkpoint))
         if version != state["version"]:
             raise RuntimeError(f"checkpoint {checkpoint} is inconsistent: learner v{version}, driver v{state['version']}")
@@ -275,9 +190,10 @@ class Driver:
         self.broadcast(bump=False)
 
     def actors(self) -> list:
-        learners = self.learners.workers if self.learners is not None else []
-        return self.rollout + [a for p in self.rewards.values() for a in p.replicas] + learners
+        return [a for g in (self.rollout, self.rewards, self.learners) if g is not None for a in g.actors]
 
     def shutdown(self) -> None:
         """Kill every actor of the run and wait until their names are free again."""
-        kill_actors(self.actors())
+        for group in (self.rollout, self.rewards, self.learners):
+            if group is not None:
+                group.shutdown()

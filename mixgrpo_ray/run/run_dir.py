@@ -7,7 +7,7 @@ Layout::
     RUN/metrics.jsonl            one JSON object per iteration (and eval rows)
     RUN/rollouts/iter_000001.parquet
     RUN/grids/iter_000000.png    held-out prompts, every run.grid_every iterations
-    RUN/checkpoints/iter_000050/ weights.safetensors, optimizer.pt, state.json
+    RUN/checkpoints/iter_000050/ weights.safetensors, optimizer.pt, state.json (see common/checkpoint.py)
     RUN/reward_curve.png
 """
 
@@ -15,24 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+from mixgrpo_ray.common.checkpoint import latest_checkpoint
+from mixgrpo_ray.common.files import atomic_write_bytes, atomic_write_text
 
 
 class RunDir:
@@ -88,35 +76,9 @@ class RunDir:
         atomic_write_bytes(path, png)
         return path
 
-    # --- checkpoints ----------------------------------------------------------------------------
-    def checkpoint_path(self, iteration: int) -> Path:
-        return self.path / "checkpoints" / f"iter_{iteration:06d}"
-
-    def staging_path(self, iteration: int) -> Path:
-        path = self.path / "checkpoints" / f".iter_{iteration:06d}.partial"
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-        return path
-
-    def commit_checkpoint(self, staging: Path, iteration: int, state: Mapping[str, Any]) -> Path:
-        """Write the driver state into ``staging`` and rename it into place (atomic)."""
-        atomic_write_text(staging / "state.json", json.dumps(dict(state), indent=2))
-        final = self.checkpoint_path(iteration)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(staging, final)
-        atomic_write_text(self.path / "checkpoints" / "latest", final.name)
-        return final
-
+    # --- checkpoints (layout: mixgrpo_ray.common.checkpoint) --------------------------------------
     def latest_checkpoint(self) -> Optional[Path]:
-        marker = self.path / "checkpoints" / "latest"
-        if marker.exists():
-            path = self.path / "checkpoints" / marker.read_text().strip()
-            if (path / "state.json").exists():
-                return path
-        done = sorted(p for p in (self.path / "checkpoints").glob("iter_*") if (p / "state.json").exists())
-        return done[-1] if done else None
+        return latest_checkpoint(self.path)
 
     # --- the reward curve -------------------------------------------------------------------------
     def plot_reward_curve(self) -> Optional[Path]:
