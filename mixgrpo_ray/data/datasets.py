@@ -31,7 +31,7 @@ Sources
 
     ``:train`` and ``:test`` are the distinct prompts of ``train.json`` / ``test.json`` in order
     of first appearance (the annotation files hold several records per prompt; the released
-    test split has 400 prompts, the set SPEC §7 evaluates on). ``:test/<style>`` is the list
+    test split has 400 prompts, the set docs/algorithm.md §11 evaluates on). ``:test/<style>`` is the list
     in ``benchmark/<style>.json`` for style ``anime``, ``concept-art``, ``paintings`` or
     ``photo`` (the HPSv2 benchmark prompts, kept as they are). Only the file a split names has
     to exist.

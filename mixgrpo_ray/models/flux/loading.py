@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import torch
 
-#: the model the paper post-trains (SPEC §9)
+#: the model the paper post-trains (docs/algorithm.md §11)
 DEFAULT_FLUX_MODEL = "black-forest-labs/FLUX.1-dev"
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 WEIGHTS_FILE = "weights.safetensors"

@@ -8,8 +8,8 @@
   the unpacked latent and packs it, as ``FluxPipeline.prepare_latents`` does.
 * **Velocity.** ``transformer(x, timestep = sigma, guidance = model.guidance, T5 tokens, CLIP
   pooled)``; FLUX predicts the flow velocity directly. ``timestep_decimals`` (default off) floors
-  the conditioning sigma to that many decimals, as the MixGRPO reference code feeds FLUX (SPEC
-  §2); the step math outside always uses the exact sigma. The forward pass runs under autocast in
+  the conditioning sigma to that many decimals, as the MixGRPO reference code feeds FLUX (docs/algorithm.md
+eq. (6)); the step math outside always uses the exact sigma. The forward pass runs under autocast in
   the compute dtype (``model.dtype``; ``auto`` = bf16 on CUDA, fp32 on CPU); the result is
   float32.
 * **Decode.** Unpack, ``latents / scaling_factor + shift_factor``, VAE decode, ``[-1, 1] -> [0, 1]``.
@@ -246,7 +246,7 @@ def load_trained_weights(policy: FluxPolicy, checkpoint: str | Path) -> FluxPoli
 def load_for_mixed_sampling(
     model: ModelConfig, checkpoint: str | Path, device: torch.device | str = "cpu"
 ) -> tuple[FluxPolicy, FluxPolicy]:
-    """``(trained, base)`` policies for test-time mixed-model sampling (SPEC §8, with
+    """``(trained, base)`` policies for test-time mixed-model sampling (docs/algorithm.md §10, with
     :func:`mixgrpo_ray.algo.rollout.sample_images`). With LoRA the base is :meth:`FluxPolicy.base_view`
     of the trained policy (one copy of everything); with full fine-tuning the base gets its own
     transformer from ``model.path`` but shares text encoders, prompt cache and VAE."""
