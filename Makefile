@@ -24,4 +24,4 @@ test: setup
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/python -m pytest -q tests
 
 bench: setup
-	$(BIN)/python -m mixgrpo_ray.run.bench $(ARGS)
+	$(BIN)/mixgrpo-ray bench $(ARGS)

@@ -21,21 +21,19 @@ from typing import Any, Mapping
 
 import torch
 
+from mixgrpo_ray.common.dtypes import parse_dtype
+
 #: the model the paper post-trains (docs/algorithm.md §11)
 DEFAULT_FLUX_MODEL = "black-forest-labs/FLUX.1-dev"
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
-WEIGHTS_FILE = "weights.safetensors"
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def compute_dtype(name: str, device: torch.device | str) -> torch.dtype:
     """The forward-pass precision ``model.dtype`` names: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
-    if name == "auto":
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    auto = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     try:
-        return _DTYPES[name]
-    except KeyError:
+        return parse_dtype(name, auto=auto)
+    except ValueError:
         raise ValueError(f"model.dtype must be auto, fp32, bf16 or fp16; got {name!r}") from None
 
 
@@ -120,19 +118,6 @@ def check_compatible(c: FluxComponents) -> None:
             f"transformer pooled_projection_dim={tcfg.pooled_projection_dim} does not match the CLIP width "
             f"{c.text_encoder.config.hidden_size}"
         )
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """The trainable state dict stored by a learner checkpoint: ``path`` is a checkpoint folder
-    (holding ``weights.safetensors``) or the safetensors file itself."""
-    from safetensors.torch import load_file
-
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / WEIGHTS_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"trained weights {str(p)!r} not found (a checkpoint folder or its {WEIGHTS_FILE})")
-    return load_file(str(p))
 
 
 def is_lora_state(state: Mapping[str, torch.Tensor]) -> bool:

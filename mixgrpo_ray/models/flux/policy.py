@@ -33,6 +33,7 @@ from mixgrpo_ray.models.flux import loading as flux_loading, lora as flux_lora
 from mixgrpo_ray.config import ModelConfig
 from mixgrpo_ray.models.flux.text import FluxPromptEncoder
 from mixgrpo_ray.models.flux import common as flux_common
+from mixgrpo_ray.common.checkpoint import read_weights
 from mixgrpo_ray.models.policy import Cond, Policy, check_state_dict
 
 PATCH = 2  # FLUX packs 2x2 latent patches into one token
@@ -239,7 +240,7 @@ def load_trained_weights(policy: FluxPolicy, checkpoint: str | Path) -> FluxPoli
     """Load a learner checkpoint's trainable weights (``<checkpoint>/weights.safetensors`` or
     the file itself: the full transformer, or LoRA adapters for a ``model.lora_rank > 0``
     policy) into ``policy``; returns it."""
-    policy.load_trainable_state_dict(flux_loading.read_weights(checkpoint))
+    policy.load_trainable_state_dict(read_weights(checkpoint))
     return policy
 
 
