@@ -93,18 +93,11 @@ def sample_groups(
         start = steps[0]
     else:
         x = initial_noise(policy, len(prompts), group_size, sampling.share_group_noise, gen)
+    s = sampling
     out = mixed_rollout(
-        _velocity_fn(policy, cond),
-        x.to(policy.device),
-        sigmas,
-        steps,
-        start_step=start,
-        noise_level=sampling.noise_level,
-        sde_kind=sampling.sde_kind,
-        tail=sampling.tail,
-        tail_compression=sampling.tail_compression,
-        shift=sampling.shift,
-        generator=gen,
+        _velocity_fn(policy, cond), x.to(policy.device), sigmas, steps, start_step=start,
+        noise_level=s.noise_level, sde_kind=s.sde_kind, tail=s.tail, tail_compression=s.tail_compression,
+        shift=s.shift, generator=gen,
     )
     with torch.no_grad():
         images = to_uint8(policy.decode(out.x))

@@ -48,14 +48,17 @@ PAD, UNK, BOS = 0, 1, 2
 class TinyConfig:
     """Architecture of the tiny policy (saved as ``config.json`` beside the weights)."""
 
+    # pixels and their 8x8 patches (packed as FLUX packs latents)
     resolution: int = 32
     channels: int = 3
     patch: int = 8
+    # the diffusers FluxTransformer2DModel
     num_layers: int = 1
     num_single_layers: int = 2
     num_attention_heads: int = 4
     attention_head_dim: int = 16
     axes_dims_rope: tuple[int, int, int] = (4, 6, 6)
+    # the word-level text encoder
     text_dim: int = 64
     text_tokens: int = 4
     text_layers: int = 1
@@ -128,17 +131,12 @@ def build_transformer(cfg: TinyConfig) -> nn.Module:
     """diffusers' ``FluxTransformer2DModel`` at the tiny size of ``cfg``."""
     from diffusers import FluxTransformer2DModel
 
+    # patching is done outside, by flux_common.pack_latents (patch_size=1 here)
     return FluxTransformer2DModel(
-        patch_size=1,  # patching is done outside, by flux_common.pack_latents
-        in_channels=cfg.channels * cfg.patch * cfg.patch,
-        num_layers=cfg.num_layers,
-        num_single_layers=cfg.num_single_layers,
-        attention_head_dim=cfg.attention_head_dim,
-        num_attention_heads=cfg.num_attention_heads,
-        joint_attention_dim=cfg.text_dim,
-        pooled_projection_dim=cfg.pooled_dim,
-        guidance_embeds=False,
-        axes_dims_rope=cfg.axes_dims_rope,
+        patch_size=1, in_channels=cfg.channels * cfg.patch * cfg.patch, num_layers=cfg.num_layers,
+        num_single_layers=cfg.num_single_layers, attention_head_dim=cfg.attention_head_dim,
+        num_attention_heads=cfg.num_attention_heads, joint_attention_dim=cfg.text_dim,
+        pooled_projection_dim=cfg.pooled_dim, guidance_embeds=False, axes_dims_rope=cfg.axes_dims_rope,
     )
 
 
