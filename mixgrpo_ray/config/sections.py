@@ -18,8 +18,8 @@ from pydantic import (
 
 from mixgrpo_ray.config.errors import config_error, line_error, value_error
 from mixgrpo_ray.config.values import (
-    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, ModelDtype,
-    ModelKind, PYTHON_TARGET_PATTERN, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail,
+    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, LoggerName, ModelDtype,
+    ModelKind, PYTHON_TARGET_PATTERN, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail, WandbMode,
 )
 
 # True while a section is being validated: sections nested in it leave their errors to pydantic,
@@ -232,6 +232,11 @@ class RunConfig(Section):
     grid_prompts: Int = Field(8, ge=0)
     log_rollouts: Bool = True
     progress: Bool = True
+    # metrics, held-out evaluations and grids also go to: tensorboard, wandb, mlflow (jsonl: metrics.jsonl,
+    # always written); see mixgrpo_ray/run/loggers.py
+    loggers: Annotated[list[LoggerName], Strict()] = Field(default_factory=lambda: ["jsonl"])
+    project: Str = "mixgrpo-ray"  # W&B project / MLflow experiment
+    wandb_mode: WandbMode = "auto"  # auto: online only when an API key is configured, else offline
 
 
 class RayConfig(Section):

@@ -40,6 +40,8 @@ AdvantageMode = Literal["advantage_aggr", "reward_aggr"]
 Backend = Literal["auto", "gloo", "nccl"]
 PublishDtype = Literal["fp32", "bf16"]
 RewardKind = Literal[REWARD_KIND_NAMES]  # type: ignore[valid-type]
+LoggerName = Literal["jsonl", "tensorboard", "wandb", "mlflow"]
+WandbMode = Literal["auto", "offline", "online", "disabled"]
 
 
 def _is_number(value: Any) -> bool:
