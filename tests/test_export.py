@@ -90,6 +90,7 @@ def test_export_of_a_tiny_flux_run_samples_the_same_image_in_fluxpipeline(pipe_d
     assert (out / "config.json").is_file() and list(out.glob("*.safetensors"))
     card = (out / "README.md").read_text()
     assert str(pipe_dir) in card and "quality" in card and "Held-out rewards" in card
+    assert "algorithm: mixgrpo_flash " in card
 
     cfg = resolve([str(tmp_path / "runs" / "flux" / "config.yaml")])
     policy = load_trained_weights(FluxPolicy.from_model_config(cfg.model, trainable=False), ckpt)

@@ -107,6 +107,16 @@ def write_flux_lora(cfg: Config, state: Mapping[str, torch.Tensor], out: Path, d
 # ---------------------------------------------------------------------------------------------
 # The model card
 # ---------------------------------------------------------------------------------------------
+def algorithm_preset(cfg: Config) -> str:
+    """The algorithm preset a config matches in kind (``mixgrpo``, ``mixgrpo_flash``,
+    ``mixgrpo_flash_star``, ``dancegrpo``); the resolved config does not record preset names."""
+    if cfg.grpo.algorithm == "dancegrpo":
+        return "dancegrpo"
+    if cfg.sampling.tail == "dpm2":
+        return "mixgrpo_flash_star" if cfg.window.strategy == "frozen" else "mixgrpo_flash"
+    return "mixgrpo"
+
+
 def model_card(cfg: Config, weights: Path, usage: str, summary: Optional[dict]) -> str:
     m, g, s = cfg.model, cfg.grpo, cfg.sampling
     base = "the embedded tiny model" if m.kind == "tiny" else (m.path or "black-forest-labs/FLUX.1-dev")
@@ -117,7 +127,7 @@ def model_card(cfg: Config, weights: Path, usage: str, summary: Optional[dict]) 
         f"# {weights.parent.name} of a MixGRPO run", "",
         f"- base model: `{base}` ({m.kind})",
         f"- trained: {trained}",
-        f"- algorithm: {g.algorithm} (group size {g.group_size}, {s.num_steps} steps, window size "
+        f"- algorithm: {algorithm_preset(cfg)} (group size {g.group_size}, {s.num_steps} steps, window size "
         f"{cfg.window.size}, tail {s.tail}, clip range {g.clip_range:g})",
         "- rewards: " + ", ".join(f"{n} ({r.kind}, weight {r.weight:g})" for n, r in cfg.rewards.items()),
         f"- checkpoint: `{weights.parent}`", "",
