@@ -83,3 +83,21 @@ def test_short_run_with_python_rewards(tmp_path, monkeypatch):
     assert table["reward/words"] == [0.25 * len(p.split()) for p in table["prompt"]]
     assert max(table["reward/bright"]) > min(table["reward/bright"])  # per-image values, not a constant
     assert "eval/reward/words" in run.read_metrics()[-1]
+
+
+def test_readme_example_is_a_working_reward(tmp_path, monkeypatch):
+    import re
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Your own reward", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    (tmp_path / "my_rewards.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    command = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1).replace("\\\n", " ")
+    cfg = resolve(None, [t for t in shlex.split(command) if t.startswith("rewards.")])
+    reward = build_reward(cfg.rewards["sat"].kind, **cfg.rewards["sat"].model_kwargs())
+    grey, red = torch.full((1, 3, 4, 4), 0.5), torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    torch.testing.assert_close(reward(torch.cat([grey, red]), ["a", "b"]), torch.tensor([0.0, 2.0]))
