@@ -22,6 +22,8 @@ REWARD_KINDS: dict[str, str] = {
     "clip": "mixgrpo_ray.rewards.clip_score:CLIPScoreReward",
     "imagereward": "mixgrpo_ray.rewards.imagereward:ImageRewardReward",
     "unifiedreward": "mixgrpo_ray.rewards.unifiedreward:UnifiedRewardReward",
+    # the user's own class or function, named by the option ``target`` (package.module:Name)
+    "python": "mixgrpo_ray.rewards.custom:PythonReward",
 }
 
 

@@ -55,7 +55,7 @@ class RewardPool(ActorGroup):
     def __init__(self, name: str, cfg: RewardConfig) -> None:
         super().__init__(spawn_actors(
             RewardServer, f"reward/{name}", cfg.replicas, cfg,
-            lambda i: (name, cfg.kind, dict(cfg.options), cfg.batch_size, cfg.torch_threads, i),
+            lambda i: (name, cfg.kind, cfg.model_kwargs(), cfg.batch_size, cfg.torch_threads, i),
         ))
         self.name = name
         self.cfg = cfg

@@ -215,7 +215,7 @@ def test_every_choice_is_listed():
     assert {key for key, _ in LITERALS} == {
         "model.kind", "model.dtype", "sampling.sde_kind", "sampling.tail", "window.strategy",
         "window.interval_schedule", "window.at_end", "grpo.algorithm", "grpo.advantage_mode",
-        "learner.backend", "learner.publish_dtype", "rewards.quality.kind",
+        "learner.backend", "learner.publish_dtype", "rewards.quality.kind", "run.wandb_mode",
     }
 
 
@@ -230,6 +230,7 @@ def test_choice_values_match_today():
     for key, choices in LITERALS:  # every choice is accepted (rewards need their checkpoints only when built)
         for value in choices:
             extra = ["grpo.algorithm=dancegrpo"] if value == "dancegrpo" else []
+            extra += ["rewards.quality.target=my_rewards:score"] if value == "python" else []
             C.resolve(None, [f"{key}={value}"] + extra)
 
 

@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+    from mixgrpo_ray.run.loggers import LoggerError, check_loggers
+
+    try:
+        check_loggers(cfg.run.loggers)  # before Ray starts or a run directory exists
+    except LoggerError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
 
     ray = connect_ray(cfg)
     try:

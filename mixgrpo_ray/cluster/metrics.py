@@ -98,9 +98,10 @@ class DriverMetrics:
 
     def record(self, row: Mapping[str, float]) -> None:
         for key, gauge in self.gauges.items():
-            src = key.replace("nfe_", "nfe/")
-            if src in row:
-                gauge.set(float(row[src]))
+            # the row's name of each gauge: nfe_* is nfe/*, the learner's statistics are train/*
+            for src in (key.replace("nfe_", "nfe/"), f"train/{key}"):
+                if src in row:
+                    gauge.set(float(row[src]))
         for key, val in row.items():
             if key.startswith("reward/"):
                 self.reward.set(float(val), tags={"reward": key.split("/", 1)[1]})

@@ -8,15 +8,18 @@ two keys of one section is a model validator here; checks across sections live o
 
 from __future__ import annotations
 
+import re
 from contextvars import ContextVar
 from typing import Annotated, Any, ClassVar, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator, model_validator,
+)
 
 from mixgrpo_ray.config.errors import config_error, line_error, value_error
 from mixgrpo_ray.config.values import (
-    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, ModelDtype,
-    ModelKind, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail,
+    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, LoggerName, ModelDtype,
+    ModelKind, PYTHON_TARGET_PATTERN, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail, WandbMode,
 )
 
 # True while a section is being validated: sections nested in it leave their errors to pydantic,
@@ -178,14 +181,31 @@ class RolloutConfig(ActorResources):
 
 class RewardConfig(ActorResources):
     """One reward model and its server pool (``rewards.<name>``). A ``weight`` of 0 is scored and
-    logged but not trained on."""
+    logged but not trained on. ``kind: python`` scores with the user's own class or function that
+    ``target`` names (``package.module:Name``; only its form is checked here, it is imported on
+    the reward replicas)."""
 
     section_key: ClassVar[str] = "rewards.<name>"
     kind: RewardKind = "prompt_following"
+    target: Optional[Str] = Field(None, validate_default=True)  # kind python: package.module:Class or :function
     weight: Float = Field(1.0, ge=0)
     replicas: Int = Field(1, ge=1)
     batch_size: Int = Field(64, ge=1)
     options: dict = Field(default_factory=dict)  # keyword arguments of the reward model
+
+    @field_validator("target")
+    @classmethod
+    def _python_target(cls, target: Optional[str], info: ValidationInfo) -> Optional[str]:
+        kind = info.data.get("kind")
+        if kind == "python" and not (target and re.fullmatch(PYTHON_TARGET_PATTERN, target)):
+            raise value_error(f"must be package.module:Name (a class or function) with kind python, got {target!r}")
+        if kind != "python" and target is not None:
+            raise value_error(f"is only for kind python (kind is {kind}); remove it or set kind: python")
+        return target
+
+    def model_kwargs(self) -> dict:
+        """The reward model's constructor arguments: ``options``, plus ``target`` for kind python."""
+        return {**self.options, "target": self.target} if self.kind == "python" else dict(self.options)
 
 
 class LearnerConfig(ActorResources):
@@ -212,6 +232,11 @@ class RunConfig(Section):
     grid_prompts: Int = Field(8, ge=0)
     log_rollouts: Bool = True
     progress: Bool = True
+    # metrics, held-out evaluations and grids also go to: tensorboard, wandb, mlflow (jsonl: metrics.jsonl,
+    # always written); see mixgrpo_ray/run/loggers.py
+    loggers: Annotated[list[LoggerName], Strict()] = Field(default_factory=lambda: ["jsonl"])
+    project: Str = "mixgrpo-ray"  # W&B project / MLflow experiment
+    wandb_mode: WandbMode = "auto"  # auto: online only when an API key is configured, else offline
 
 
 class RayConfig(Section):

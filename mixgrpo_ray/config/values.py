@@ -21,9 +21,12 @@ from mixgrpo_ray.core.window import AT_END, INTERVAL_SCHEDULES, STRATEGIES
 
 # Built-in reward kinds (the keys of mixgrpo_ray.rewards.registry.REWARD_KINDS; a test keeps them
 # equal). The config layer names them itself so that it imports nothing from the roles above it.
+# ``python`` is the user's own reward: a class or function named by ``rewards.<name>.target``.
 REWARD_KIND_NAMES: tuple[str, ...] = (
-    "prompt_following", "quality", "hps", "pickscore", "clip", "imagereward", "unifiedreward",
+    "prompt_following", "quality", "hps", "pickscore", "clip", "imagereward", "unifiedreward", "python",
 )
+#: the form of ``rewards.<name>.target``: ``package.module:Attribute`` (dotted names on both sides)
+PYTHON_TARGET_PATTERN = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
 
 ModelKind = Literal["tiny", "flux"]
 ModelDtype = Literal["auto", "fp32", "bf16", "fp16"]
@@ -37,6 +40,8 @@ AdvantageMode = Literal["advantage_aggr", "reward_aggr"]
 Backend = Literal["auto", "gloo", "nccl"]
 PublishDtype = Literal["fp32", "bf16"]
 RewardKind = Literal[REWARD_KIND_NAMES]  # type: ignore[valid-type]
+LoggerName = Literal["jsonl", "tensorboard", "wandb", "mlflow"]
+WandbMode = Literal["auto", "offline", "online", "disabled"]
 
 
 def _is_number(value: Any) -> bool:

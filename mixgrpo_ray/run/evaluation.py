@@ -88,7 +88,7 @@ def build_rewards(cfg: Config) -> dict:
     out = {}
     for name, rc in cfg.rewards.items():
         try:
-            out[name] = build_reward(rc.kind, **dict(rc.options))
+            out[name] = build_reward(rc.kind, **rc.model_kwargs())
         except (ValueError, FileNotFoundError, TypeError) as exc:
             raise EvalError(f"rewards.{name}: cannot build reward {rc.kind!r}: {_first_line(exc)}") from None
     return out

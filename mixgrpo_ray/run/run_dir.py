@@ -26,6 +26,8 @@ from mixgrpo_ray.common.files import atomic_write_bytes, atomic_write_text
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        #: where metrics rows and grids also go (``run.loggers``: :class:`mixgrpo_ray.run.loggers.Loggers`)
+        self.loggers: Optional[Any] = None
 
     @classmethod
     def create(cls, output_dir: str, name: str = "") -> "RunDir":
@@ -47,6 +49,8 @@ class RunDir:
             f.write(json.dumps(dict(row), sort_keys=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.loggers is not None:
+            self.loggers.log_row(row)
 
     def read_metrics(self) -> list[dict]:
         path = self.path / "metrics.jsonl"
@@ -74,6 +78,8 @@ class RunDir:
     def write_grid(self, name: str, png: bytes) -> Path:
         path = self.path / "grids" / name
         atomic_write_bytes(path, png)
+        if self.loggers is not None:
+            self.loggers.log_grid(name, png)
         return path
 
     # --- checkpoints (layout: mixgrpo_ray.common.checkpoint) --------------------------------------

@@ -15,13 +15,20 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
     from tqdm import tqdm
 
     from mixgrpo_ray.run.driver import Driver
+    from mixgrpo_ray.run.loggers import Loggers, check_loggers
     from mixgrpo_ray.run.run_dir import RunDir
 
+    check_loggers(cfg.run.loggers)
     run_dir = RunDir(resume) if resume else RunDir.create(cfg.run.output_dir, cfg.run.name)
     run_dir.write_config(cfg.to_yaml())
     print(f"run directory: {run_dir.path}", flush=True)
 
-    driver = Driver(cfg, run_dir)
+    run_dir.loggers = Loggers(cfg, run_dir.path)
+    try:
+        driver = Driver(cfg, run_dir)
+    except BaseException:
+        run_dir.loggers.close()
+        raise
     try:
         summary: dict = {}
         latest = ckpt.latest_checkpoint(run_dir.path) if resume else None
@@ -64,6 +71,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
         return 0
     finally:
         driver.shutdown()
+        run_dir.loggers.close()
 
 
 def format_summary(summary: dict) -> str:
