@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("mixgrpo_ray.cli.eval", "score a checkpoint on held-out prompts with every configured reward"),
     "sample": ("mixgrpo_ray.cli.sample", "sample an image grid for prompts and write a captioned PNG"),
     "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
-    "bench": ("mixgrpo_ray.cli.bench", "measure rollout and update cost of each algorithm variant side by side"),
+    "bench": ("mixgrpo_ray.cli.bench", "time each algorithm variant through the pipeline and a plain loop, side by side"),
 }
 
 

@@ -15,12 +15,12 @@ import ray
 import torch
 
 from mixgrpo_ray.actors.rollout import RolloutWorkers
+from mixgrpo_ray.algo.advantages import batch_advantages
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.seeds import GRID_SEED, eval_seeds
 from mixgrpo_ray.config import Config
-from mixgrpo_ray.core.grpo import group_advantages
 from mixgrpo_ray.core.window import SlidingWindow
 from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
 from mixgrpo_ray.learner.group import LearnerGroup
@@ -86,12 +86,11 @@ class Driver:
     def advantages(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """Group-relative advantages over the trained rewards (docs/algorithm.md eqs. (29)-(31)),
         flat in sample order; NaN scores of a reward that may fail are left out."""
-        g = self.cfg.grpo.group_size
-        grouped = {n: scores[n].reshape(-1, g) for n in self.weights}
-        valid = {n: torch.isfinite(grouped[n]) for n in self.weights if self.rewards[n].can_fail}
-        adv = group_advantages(grouped, self.weights, mode=self.cfg.grpo.advantage_mode,
-                               clip=self.cfg.grpo.advantage_clip, valid=valid)
-        return adv.reshape(-1)
+        return batch_advantages(scores, self.weights, self.cfg.grpo, self.can_fail())
+
+    def can_fail(self) -> dict[str, bool]:
+        """Which rewards may return NaN for an image (their failures are counted, not fatal)."""
+        return {name: pool.can_fail for name, pool in self.rewards.items()}
 
     def train(self, batches: list[RolloutBatch], advantages: torch.Tensor, iteration: int) -> dict:
         return self.learners.train([b.trajectory for b in batches], advantages, iteration)
@@ -123,8 +122,7 @@ class Driver:
         self.iteration = it
 
         window_start = window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1
-        can_fail = {name: pool.can_fail for name, pool in self.rewards.items()}
-        row = iteration_row(it, window_start, self.version, metas, scores, self.weights, can_fail, adv, stats,
+        row = iteration_row(it, window_start, self.version, metas, scores, self.weights, self.can_fail(), adv, stats,
                             self.timer.seconds)
         if self.cfg.run.log_rollouts:
             versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
