@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from mixgrpo_ray.config.errors import config_error, line_error, value_error
 from mixgrpo_ray.config.values import (
     AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, ModelDtype,
-    ModelKind, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail,
+    ModelKind, Pipeline, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail,
 )
 
 # True while a section is being validated: sections nested in it leave their errors to pydantic,
@@ -130,6 +130,8 @@ class GRPOConfig(Section):
     advantage_mode: AdvantageMode = "advantage_aggr"
     advantage_clip: Float = Field(5.0, gt=0)
     dance_train_fraction: Float = 0.6
+    # async pipeline: cap of the proximal/behaviour importance weight (docs/algorithm.md eq. (40))
+    max_importance_weight: Float = Field(2.0, ge=1)
 
     @model_validator(mode="after")
     def _dance_fraction(self) -> "GRPOConfig":
@@ -212,6 +214,9 @@ class RunConfig(Section):
     grid_prompts: Int = Field(8, ge=0)
     log_rollouts: Bool = True
     progress: Bool = True
+    # sync: sample, score, train, broadcast in turn (exactly on-policy); async: rollout actors sample
+    # the next iteration with the current weights while the learner trains (lag <= learner.max_staleness)
+    pipeline: Pipeline = "sync"
 
 
 class RayConfig(Section):

@@ -36,6 +36,7 @@ Algorithm = Literal["mixgrpo", "dancegrpo"]
 AdvantageMode = Literal["advantage_aggr", "reward_aggr"]
 Backend = Literal["auto", "gloo", "nccl"]
 PublishDtype = Literal["fp32", "bf16"]
+Pipeline = Literal["sync", "async"]
 RewardKind = Literal[REWARD_KIND_NAMES]  # type: ignore[valid-type]
 
 
