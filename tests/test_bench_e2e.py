@@ -34,7 +34,7 @@ def test_benchmark_table_and_nfe_counts(local_ray, tmp_path):
     from mixgrpo_ray.run.bench_e2e import run_benchmark
     from mixgrpo_ray.run.bench_report import format_table, write_report
 
-    names = ["dancegrpo", "dancegrpo_4", "mixgrpo", "mixgrpo_flash_star"]
+    names = ["dancegrpo", "dancegrpo_4", "mixgrpo", "mixgrpo_flash_star", "mixgrpo_async"]
     res = run_benchmark(names, tmp_path / "runs", iterations=2, block=1, eval_every=2, overrides=SMALL,
                         log=lambda s: None)
     assert list(res) == names
@@ -48,9 +48,12 @@ def test_benchmark_table_and_nfe_counts(local_ray, tmp_path):
         assert set(r["phase_s"]) == {"rollout", "reward", "train", "sync"}
         assert set(r["heldout"]) == {"prompt_following", "quality"}
         assert [p["iteration"] for p in r["heldout_curve"]] == [0, 2]
+    assert res["mixgrpo_async"]["nfe_rollout"] == T and res["mixgrpo_async"]["nfe_policy"] == w
+    assert set(res["mixgrpo_async"]["time_to_sync_final"]) == {"reward", "target", "sync_s", "async_s", "speedup"}
     assert res["dancegrpo"]["ratio"] == 1.0
     table = format_table(res)
-    assert table.count("\n") == len(names) + 1 and "pipeline / plain" in table
+    assert table.split("\n\n")[0].count("\n") == len(names) + 1 and "pipeline / plain" in table
+    assert "mixgrpo_async` reaches" in table
     files = write_report(res, tmp_path, "header")
     assert json.loads(files["json"].read_text())["mixgrpo"]["nfe_policy"] == w
     assert files["png"].stat().st_size > 1000

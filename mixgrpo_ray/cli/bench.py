@@ -31,9 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Real training iterations of each variant through the Ray pipeline "
                       "and as one plain process, interleaved in blocks. `mixgrpo-ray bench phases --help`: the "
                       "in-process phase benchmark.")
-    p.add_argument("--iterations", type=int, default=100, help="training iterations per variant")
+    p.add_argument("--iterations", type=int, default=60, help="training iterations per variant")
     p.add_argument("--block", type=int, default=10, help="iterations a variant runs before the next takes its turn")
-    p.add_argument("--eval-every", type=int, default=25, help="held-out evaluation every N iterations (0: start and end)")
+    p.add_argument("--eval-every", type=int, default=20, help="held-out evaluation every N iterations (0: start and end)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--config", action="append", default=[], metavar="PRESET_OR_PATH",
                    help="model preset(s) under the algorithm presets (default: tiny)")

@@ -30,6 +30,12 @@ def format_table(results: dict, reward: Optional[str] = None) -> str:
             f"| {idle['rollout']:.0%} · {idle['reward']:.0%} · {idle['learner']:.0%} "
             f"| {_num(r['heldout'].get(reward), '.4f')} |"
         )
+    reach = results.get("mixgrpo_async", {}).get("time_to_sync_final")
+    if reach:
+        got = (f"after {reach['async_s']:.1f} s, {reach['speedup']:.2f}x faster" if reach["speedup"]
+               else "not within its iterations")
+        lines += ["", f"`mixgrpo_async` reaches the synchronous run's final held-out {reach['reward']} "
+                      f"({reach['target']:.4f}, reached after {reach['sync_s']:.1f} s of training) {got}."]
     return "\n".join(lines)
 
 
