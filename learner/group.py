@@ -23,13 +23,14 @@ class LearnerGroup(ActorGroup):
     """Creates the learner ranks, joins them, and runs each iteration's updates on all."""
 
     def __init__(self, model: ModelConfig, optim: OptimConfig, clip_range: float, learner: LearnerConfig,
-                 seed: int) -> None:
+                 seed: int, max_importance_weight: float = 2.0) -> None:
         n = learner.num_workers
         super().__init__(spawn_actors(
             LearnerWorker, "learner", n, learner, lambda rank: (rank, n, model, optim, clip_range, learner, seed)
         ))
         self.samples_per_update = optim.samples_per_update
         self.max_staleness = learner.max_staleness
+        self.max_importance_weight = max_importance_weight
         self.seed = seed
         try:
             addr, port = ray.get(self.actors[0].rendezvous.remote())
@@ -49,7 +50,8 @@ class LearnerGroup(ActorGroup):
     def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int) -> dict:
         """Run the iteration's updates on all ranks; returns rank 0's statistics."""
         plan = self.plan(len(advantages), iteration)
-        return self.get_all("train", list(trajectory_refs), advantages, plan, self.max_staleness)[0]
+        return self.get_all("train", list(trajectory_refs), advantages, plan, self.max_staleness,
+                            self.max_importance_weight)[0]
 
     def publish(self, bump: bool = True) -> tuple[int, list]:
         results = self.get_all("publish", bump)

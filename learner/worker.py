@@ -67,9 +67,11 @@ class LearnerWorker:
         return self.rank
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, trajectory_refs: list, advantages: torch.Tensor, plan: Sequence, max_staleness: int) -> dict:
+    def train(self, trajectory_refs: list, advantages: torch.Tensor, plan: Sequence, max_staleness: int,
+              max_importance_weight: float = 2.0) -> dict:
         """One iteration's updates on this rank's share. ``trajectory_refs`` is a list of
-        ObjectRefs (fetched here, never by the driver)."""
+        ObjectRefs (fetched here, never by the driver). Rollouts sampled with older weights
+        (at most ``max_staleness`` versions) train with the decoupled objective."""
         parts: list[Trajectory] = ray.get(list(trajectory_refs))
         oldest = min(p.version for p in parts)
         if self.weight_version - oldest > max_staleness:
@@ -77,7 +79,9 @@ class LearnerWorker:
                 f"rollout sampled with weight version {oldest} but the learner is at version "
                 f"{self.weight_version} (allowed lag {max_staleness}); refusing the stale batch"
             )
-        stats = self.trainer.train_iteration(Trajectory.concat(parts), advantages, plan)
+        stats = self.trainer.train_iteration(Trajectory.concat(parts), advantages, plan,
+                                             proximal=oldest < self.weight_version,
+                                             max_importance_weight=max_importance_weight)
         self._metrics.record(int(stats["updates"]))
         return stats
 

@@ -215,7 +215,7 @@ def test_every_choice_is_listed():
     assert {key for key, _ in LITERALS} == {
         "model.kind", "model.dtype", "sampling.sde_kind", "sampling.tail", "window.strategy",
         "window.interval_schedule", "window.at_end", "grpo.algorithm", "grpo.advantage_mode",
-        "learner.backend", "learner.publish_dtype", "rewards.quality.kind", "run.wandb_mode",
+        "learner.backend", "learner.publish_dtype", "rewards.quality.kind", "run.wandb_mode", "run.pipeline",
     }
 
 

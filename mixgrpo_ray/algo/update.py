@@ -96,18 +96,40 @@ class GRPOTrainer:
         mean, std = sde_mean_std(x, v, sig, sig_n, batch.noise_level, batch.sde_kind)
         return sde_log_prob(batch.next_latents[:, j].to(dev), mean, std)
 
+    @torch.no_grad()
+    def proximal_log_probs(self, trajectory: Trajectory, plan: Sequence[Sequence[Sequence[int]]]) -> dict:
+        """Log-probs ``{sample: (K,)}`` of this rank's recorded transitions under the current
+        weights, before any update of the iteration (the proximal policy of eq. (39))."""
+        self.policy.train(False)
+        out = {}
+        for per_rank in plan:  # in the chunks the update takes, so memory stays that of one update
+            idx = list(per_rank[self.rank])
+            batch = trajectory.select(idx)
+            cond = {key: val.to(self.policy.device) for key, val in self.policy.encode_prompts(batch.prompts).items()}
+            logp = torch.stack([self.step_log_probs(batch, cond, j) for j in range(batch.num_trained_steps)], dim=1)
+            out.update({i: logp[n].float().cpu() for n, i in enumerate(idx)})
+        return out
+
     def train_iteration(
         self,
         trajectory: Trajectory,
         advantages: torch.Tensor,
         plan: Sequence[Sequence[Sequence[int]]],
+        *,
+        proximal: bool = False,
+        max_importance_weight: float = 2.0,
     ) -> dict[str, float]:
         """Apply every update of ``plan`` (see :func:`update_plan`) for this rank.
 
         ``trajectory`` and ``advantages`` hold all samples of the iteration (global indices).
         Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
         policy still equals the sampling policy (ratio 1 up to numerical noise).
+
+        ``proximal`` (rollouts sampled with older weights, the async pipeline): the clip acts on
+        the ratio to the log-probs of the weights this iteration starts from, and the truncated
+        proximal/behaviour ratio weights each element (docs/algorithm.md eqs. (39)–(40)).
         """
+        prox = self.proximal_log_probs(trajectory, plan) if proximal else {}
         self.policy.train(True)
         dev = self.policy.device
         totals: dict[str, float] = {}
@@ -122,7 +144,14 @@ class GRPOTrainer:
             step_stats: dict[str, float] = {}
             for j in range(k):
                 logp_new = self.step_log_probs(batch, cond, j)
-                loss, st = grpo_loss(logp_new, batch.log_probs[:, j].to(dev), adv, self.clip_range)
+                behaviour = batch.log_probs[:, j].to(dev)
+                if proximal:
+                    logp_old = torch.stack([prox[i][j] for i in idx]).to(dev)
+                    weight = torch.exp(logp_old - behaviour).clamp(max=max_importance_weight)
+                    loss, st = grpo_loss(logp_new, logp_old, adv, self.clip_range, importance_weight=weight)
+                    st["importance_weight_mean"] = float(weight.mean())
+                else:
+                    loss, st = grpo_loss(logp_new, behaviour, adv, self.clip_range)
                 (loss / k).backward()
                 for key, val in st.items():
                     if key == "ratio_min":

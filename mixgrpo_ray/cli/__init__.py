@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("mixgrpo_ray.cli.sample", "sample an image grid for prompts and write a captioned PNG"),
     "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
     "export": ("mixgrpo_ray.cli.export", "export a checkpoint as a diffusers (FLUX) or tiny model folder with a model card"),
-    "bench": ("mixgrpo_ray.cli.bench", "measure rollout and update cost of each algorithm variant side by side"),
+    "bench": ("mixgrpo_ray.cli.bench", "time each algorithm variant through the pipeline and a plain loop, side by side"),
 }
 
 

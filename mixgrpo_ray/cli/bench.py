@@ -1,18 +1,23 @@
-"""``mixgrpo-ray bench``: measure rollout and update cost of each algorithm variant side by side
-on the embedded tiny model (the job is :mod:`mixgrpo_ray.run.bench`)."""
+"""``mixgrpo-ray bench``: training iterations of every algorithm variant through the product and
+in one plain process, side by side (the job is :mod:`mixgrpo_ray.run.bench_e2e`).
+``mixgrpo-ray bench phases`` keeps the in-process benchmark of the rollout and update phases
+(:mod:`mixgrpo_ray.run.bench`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
+from pathlib import Path
+
+from mixgrpo_ray.cli.parsing import OneLineParser, parse
 
 PROG = "mixgrpo-ray bench"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from mixgrpo_ray.run import bench
-
-    p = argparse.ArgumentParser(prog=PROG, description=bench.__doc__.splitlines()[0])
+def phases_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=f"{PROG} phases", description="rollout and update cost of each variant, in-process")
     p.add_argument("--rounds", type=int, default=6, help="iterations per variant (interleaved)")
     p.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
     p.add_argument("--group", type=int, default=12, help="images per prompt (docs/algorithm.md §1: 12)")
@@ -20,10 +25,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def build_parser() -> argparse.ArgumentParser:
+    from mixgrpo_ray.run.bench_e2e import VARIANTS
+
+    p = OneLineParser(prog=PROG, description="Real training iterations of each variant through the Ray pipeline "
+                      "and as one plain process, interleaved in blocks. `mixgrpo-ray bench phases --help`: the "
+                      "in-process phase benchmark.")
+    p.add_argument("--iterations", type=int, default=60, help="training iterations per variant")
+    p.add_argument("--block", type=int, default=10, help="iterations a variant runs before the next takes its turn")
+    p.add_argument("--eval-every", type=int, default=20, help="held-out evaluation every N iterations (0: start and end)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--config", action="append", default=[], metavar="PRESET_OR_PATH",
+                   help="model preset(s) under the algorithm presets (default: tiny)")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain single-process loop")
+    p.add_argument("--out", default="", help="output folder (default: runs/bench-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every variant")
+    return p
+
+
+def main_phases(argv: list[str]) -> int:
+    args = parse(phases_parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.rounds < 1 or args.prompts < 1 or args.group < 2 or args.threads < 1:
-        print("bench: error: --rounds, --prompts, --threads must be >= 1 and --group >= 2", file=sys.stderr)
+        print(f"{PROG} phases: error: --rounds, --prompts, --threads must be >= 1 and --group >= 2", file=sys.stderr)
         return 2
     import torch
 
@@ -36,8 +61,70 @@ def main(argv: list[str] | None = None) -> int:
     prompts = task.train_prompts()[: args.prompts]
     print(f"tiny model, {args.prompts} prompts x {args.group} images, {args.rounds} interleaved rounds, "
           f"{args.threads} thread(s)", flush=True)
-    results = run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)
+    print(format_table(run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["phases"]:
+        return main_phases(argv[1:])
+    args = parse(build_parser(), argv)
+    if isinstance(args, int):
+        return args
+    from mixgrpo_ray.config import ConfigError
+    from mixgrpo_ray.run.bench_e2e import VARIANTS, variant_config
+
+    names = [n.strip() for n in args.variants.split(",") if n.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    error = None
+    if unknown or not names:
+        error = f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(VARIANTS)}"
+    elif args.iterations < 1 or args.block < 1 or args.eval_every < 0:
+        error = "--iterations and --block must be >= 1 and --eval-every >= 0"
+    else:
+        try:
+            for n in names:
+                variant_config(n, args.config or ["tiny"], args.overrides)
+        except ConfigError as exc:
+            error = str(exc)
+    if error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    return run(args, names)
+
+
+def run(args: argparse.Namespace, names: list[str]) -> int:
+    import platform
+
+    import ray
+
+    from mixgrpo_ray.run.bench_e2e import run_benchmark
+    from mixgrpo_ray.run.bench_report import format_table, write_report
+
+    import math
+
+    from mixgrpo_ray.config import required_resources
+    from mixgrpo_ray.run.bench_e2e import variant_config
+
+    out = Path(args.out or f"runs/bench-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # every variant's actors live at once (they take turns, so logical CPUs may exceed cores)
+    need = sum(required_resources(variant_config(n, args.config or ["tiny"], args.overrides))["CPU"] for n in names)
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False,
+             log_to_driver=False)
+    try:
+        t0 = time.perf_counter()
+        results = run_benchmark(names, out / "runs", iterations=args.iterations, block=args.block,
+                                eval_every=args.eval_every, base=args.config or ["tiny"], overrides=args.overrides,
+                                plain=not args.no_plain, log=lambda s: print(s, file=sys.stderr, flush=True))
+        header = (f"`{PROG}` — {args.iterations} iterations per variant in blocks of {args.block}, "
+                  f"{platform.machine()} {os.cpu_count()} CPU(s), {time.perf_counter() - t0:.0f} s in all")
+        files = write_report(results, out, header)
+    finally:
+        ray.shutdown()
     print(format_table(results))
+    print("wrote " + ", ".join(str(p) for p in files.values()))
     return 0
 
 

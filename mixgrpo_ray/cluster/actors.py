@@ -9,12 +9,29 @@ all of them, and kills them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import ray
 
 from mixgrpo_ray.config import ActorResources
+
+
+#: the Ray namespace actors are spawned in (None: the job's own); see :func:`actor_namespace`
+_NAMESPACE: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("mixgrpo_actor_namespace", default=None)
+
+
+@contextlib.contextmanager
+def actor_namespace(namespace: str) -> Iterator[None]:
+    """Spawn the actors created inside this block in the Ray namespace ``namespace``, so that
+    several runs (e.g. the benchmark's variants) can live side by side under the same names."""
+    token = _NAMESPACE.set(namespace)
+    try:
+        yield
+    finally:
+        _NAMESPACE.reset(token)
 
 
 def actor_name(role: str, index: int) -> str:
@@ -46,6 +63,7 @@ def spawn_actors(
                     num_gpus=resources.num_gpus,
                     resources=dict(resources.resources) or None,
                     max_concurrency=max_concurrency,
+                    namespace=_NAMESPACE.get(),
                 ).remote(*args(i))
             )
         if wait:

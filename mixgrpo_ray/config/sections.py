@@ -19,7 +19,7 @@ from pydantic import (
 from mixgrpo_ray.config.errors import config_error, line_error, value_error
 from mixgrpo_ray.config.values import (
     AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, LoggerName, ModelDtype,
-    ModelKind, PYTHON_TARGET_PATTERN, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail, WandbMode,
+    ModelKind, PYTHON_TARGET_PATTERN, Pipeline, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail, WandbMode,
 )
 
 # True while a section is being validated: sections nested in it leave their errors to pydantic,
@@ -133,6 +133,8 @@ class GRPOConfig(Section):
     advantage_mode: AdvantageMode = "advantage_aggr"
     advantage_clip: Float = Field(5.0, gt=0)
     dance_train_fraction: Float = 0.6
+    # async pipeline: cap of the proximal/behaviour importance weight (docs/algorithm.md eq. (40))
+    max_importance_weight: Float = Field(2.0, ge=1)
 
     @model_validator(mode="after")
     def _dance_fraction(self) -> "GRPOConfig":
@@ -237,6 +239,9 @@ class RunConfig(Section):
     loggers: Annotated[list[LoggerName], Strict()] = Field(default_factory=lambda: ["jsonl"])
     project: Str = "mixgrpo-ray"  # W&B project / MLflow experiment
     wandb_mode: WandbMode = "auto"  # auto: online only when an API key is configured, else offline
+    # sync: sample, score, train, broadcast in turn (exactly on-policy); async: rollout actors sample
+    # the next iteration with the current weights while the learner trains (lag <= learner.max_staleness)
+    pipeline: Pipeline = "sync"
 
 
 class RayConfig(Section):

@@ -116,6 +116,7 @@ def grpo_loss(
     logp_old: torch.Tensor,
     advantages: torch.Tensor,
     clip_range: float = 1e-4,
+    importance_weight: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The clipped GRPO objective (docs/algorithm.md eqs. (32)–(34)), averaged over every (sample, window step).
 
@@ -123,6 +124,11 @@ def grpo_loss(
     ``max(-A * r, -A * clip(r, 1 - eps, 1 + eps))``. ``logp_*`` have shape ``(batch,)`` or
     ``(batch, steps)``; ``advantages`` has shape ``(batch,)``. No KL term: the approximate KL
     ``0.5 * mean((logp_new - logp_old)^2)`` is only reported.
+
+    Decoupled form (eq. (39)–(40), for rollouts sampled with older weights): ``logp_old`` is
+    then the *proximal* log-prob (the learner's weights before this iteration's first update)
+    and each element's objective is multiplied by ``importance_weight``, the truncated
+    proximal/behaviour ratio.
 
     Returns ``(loss, stats)`` with stats ``loss``, ``ratio_mean``, ``ratio_min``, ``ratio_max``,
     ``clip_fraction`` (share of elements whose ratio lies outside the clip range) and
@@ -138,7 +144,10 @@ def grpo_loss(
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    objective = torch.maximum(unclipped, clipped)
+    if importance_weight is not None:
+        objective = objective * importance_weight.to(objective.device, torch.float32).detach()
+    loss = objective.mean()
     with torch.no_grad():
         stats = {
             "loss": float(loss),

@@ -7,6 +7,7 @@ the driver never opens. Each role is one group object built from its own config 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
@@ -15,12 +16,12 @@ import ray
 import torch
 
 from mixgrpo_ray.actors.rollout import RolloutWorkers
+from mixgrpo_ray.algo.advantages import batch_advantages
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.seeds import GRID_SEED, eval_seeds
 from mixgrpo_ray.config import Config
-from mixgrpo_ray.core.grpo import group_advantages
 from mixgrpo_ray.core.window import SlidingWindow
 from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
 from mixgrpo_ray.learner.group import LearnerGroup
@@ -28,6 +29,15 @@ from mixgrpo_ray.rewards.server import RewardPools
 from mixgrpo_ray.run.metric_rows import eval_row, iteration_row, rollout_columns
 from mixgrpo_ray.run.run_dir import RunDir
 from mixgrpo_ray.run.timing import PhaseTimer
+
+
+@dataclasses.dataclass
+class PendingRollout:
+    """An iteration's rollout calls, started (and possibly not finished)."""
+
+    iteration: int
+    window: list[int]
+    batches: list
 
 
 @dataclasses.dataclass
@@ -55,6 +65,8 @@ class Driver:
         self.weights = {name: r.weight for name, r in cfg.rewards.items() if r.weight > 0}
         self.iteration = 0
         self.version = 0
+        self.last_iteration = cfg.run.iterations
+        self._next: Optional[PendingRollout] = None  # async pipeline: the next iteration, already sampling
         self.timer = PhaseTimer()
         self.rollout: Optional[RolloutWorkers] = None
         self.rewards: Optional[RewardPools] = None
@@ -62,7 +74,8 @@ class Driver:
         try:  # the roles, each scaled by its own config section
             self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed)
             self.rewards = RewardPools(cfg.rewards)
-            self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)
+            self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
+                                         max_importance_weight=cfg.grpo.max_importance_weight)
         except BaseException:
             self.shutdown()  # leave no half-started run behind
             raise
@@ -86,12 +99,11 @@ class Driver:
     def advantages(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """Group-relative advantages over the trained rewards (docs/algorithm.md eqs. (29)-(31)),
         flat in sample order; NaN scores of a reward that may fail are left out."""
-        g = self.cfg.grpo.group_size
-        grouped = {n: scores[n].reshape(-1, g) for n in self.weights}
-        valid = {n: torch.isfinite(grouped[n]) for n in self.weights if self.rewards[n].can_fail}
-        adv = group_advantages(grouped, self.weights, mode=self.cfg.grpo.advantage_mode,
-                               clip=self.cfg.grpo.advantage_clip, valid=valid)
-        return adv.reshape(-1)
+        return batch_advantages(scores, self.weights, self.cfg.grpo, self.can_fail())
+
+    def can_fail(self) -> dict[str, bool]:
+        """Which rewards may return NaN for an image (their failures are counted, not fatal)."""
+        return {name: pool.can_fail for name, pool in self.rewards.items()}
 
     def train(self, batches: list[RolloutBatch], advantages: torch.Tensor, iteration: int) -> dict:
         return self.learners.train([b.trajectory for b in batches], advantages, iteration)
@@ -103,17 +115,35 @@ class Driver:
         self.version = version
         return version
 
+    def start_rollout(self, iteration: int, window: list[int]) -> PendingRollout:
+        """Draw the iteration's prompts and start its sampling (and scoring)."""
+        prompts = self.sampler.next_batch(self.cfg.data.prompts_per_iteration)
+        return PendingRollout(iteration, window, self.sample(prompts, window, iteration))
+
+    def prefetch_allowed(self, iteration: int) -> bool:
+        """``run.pipeline=async``: may the next iteration be sampled now, with the current weights,
+        while the learner trains? Its rollout then lags one version (needs ``learner.max_staleness``
+        >= 1); not past the last iteration, nor before a checkpoint (whose sampler state must not
+        include a batch already drawn)."""
+        every = self.cfg.run.checkpoint_every
+        return (self.cfg.run.pipeline == "async" and self.cfg.learner.max_staleness >= 1
+                and iteration < self.last_iteration and not (every and iteration % every == 0))
+
     def run_iteration(self) -> dict:
         """One iteration of the five phases; returns its metrics row."""
         it = self.iteration + 1
-        window = self.window.current()
-        prompts = self.sampler.next_batch(self.cfg.data.prompts_per_iteration)
+        pending = self._next if self._next is not None else self.start_rollout(it, self.window.current())
+        self._next = None
+        window, batches = pending.window, pending.batches
         self.timer.reset()
         with self.timer.phase("rollout"):
-            batches = self.sample(prompts, window, it)
             metas: list[RolloutMeta] = ray.get([b.meta for b in batches])
         with self.timer.phase("reward"):
             scores = self.score(batches)
+        if self.prefetch_allowed(it):  # rollout actors sample it + 1 while the learner trains it
+            ahead = copy.deepcopy(self.window)
+            ahead.step()
+            self._next = self.start_rollout(it + 1, ahead.current())
         with self.timer.phase("train"):
             adv = self.advantages(scores)
             stats = self.train(batches, adv, it)
@@ -123,8 +153,7 @@ class Driver:
         self.iteration = it
 
         window_start = window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1
-        can_fail = {name: pool.can_fail for name, pool in self.rewards.items()}
-        row = iteration_row(it, window_start, self.version, metas, scores, self.weights, can_fail, adv, stats,
+        row = iteration_row(it, window_start, self.version, metas, scores, self.weights, self.can_fail(), adv, stats,
                             self.timer.seconds)
         if self.cfg.run.log_rollouts:
             versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
@@ -136,6 +165,7 @@ class Driver:
         """The training loop: iterations until ``iterations``, each followed by periodic
         evaluation, grids and checkpoints, then ``after_iteration(row)`` (logging, progress)."""
         r = self.cfg.run
+        self.last_iteration = iterations
         while self.iteration < iterations:
             row = self.run_iteration()
             it = self.iteration

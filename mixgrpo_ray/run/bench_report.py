@@ -1,0 +1,76 @@
+"""The end-to-end benchmark's outputs: a Markdown table, JSON, and a PNG of held-out reward
+against training wall-clock per variant."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from mixgrpo_ray.common.files import atomic_write_text
+
+
+def _num(value: Optional[float], fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def format_table(results: dict, reward: Optional[str] = None) -> str:
+    """Markdown: one row per variant."""
+    reward = reward or next(iter(next(iter(results.values()))["heldout"]), None)
+    head = ("| variant | rollout NFE | policy NFE | s/iter (median ± ½IQR) | ratio | paper | pipeline / plain "
+            "| rollout · reward · train · sync s | idle rollout · reward · learner "
+            f"| held-out {reward} |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for name, r in results.items():
+        p, idle = r["phase_s"], r["idle_share"]
+        lines.append(
+            f"| {name} | {r['nfe_rollout']:.1f} | {r['nfe_policy']:.1f} | {r['median_s']:.3f} ± {r['spread_s']:.3f} "
+            f"| {_num(r['ratio'], '.2f')} | {_num(r['paper_ratio'], '.2f')} | {_num(r['pipeline_over_plain'], '.2f')} "
+            f"| {p['rollout']:.3f} · {p['reward']:.3f} · {p['train']:.3f} · {p['sync']:.3f} "
+            f"| {idle['rollout']:.0%} · {idle['reward']:.0%} · {idle['learner']:.0%} "
+            f"| {_num(r['heldout'].get(reward), '.4f')} |"
+        )
+    reach = results.get("mixgrpo_async", {}).get("time_to_sync_final")
+    if reach:
+        got = (f"after {reach['async_s']:.1f} s, {reach['speedup']:.2f}x faster" if reach["speedup"]
+               else "not within its iterations")
+        lines += ["", f"`mixgrpo_async` reaches the synchronous run's final held-out {reach['reward']} "
+                      f"({reach['target']:.4f}, reached after {reach['sync_s']:.1f} s of training) {got}."]
+    return "\n".join(lines)
+
+
+def plot_heldout(results: dict, path: Path) -> Optional[Path]:
+    """Held-out reward (each reward a panel) against seconds of training, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rewards = sorted(next(iter(results.values()))["heldout"])
+    if not rewards:
+        return None
+    fig, axes = plt.subplots(1, len(rewards), figsize=(6 * len(rewards), 4), dpi=110, squeeze=False)
+    for ax, reward in zip(axes[0], rewards):
+        for name, r in results.items():
+            pts = [(p["train_s"], p[reward]) for p in r["heldout_curve"] if reward in p]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        ax.set_xlabel("training wall-clock (s)")
+        ax.set_ylabel(f"held-out {reward}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("held-out reward against wall-clock, per variant")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out: Path, header: str) -> dict[str, Path]:
+    out = Path(out)
+    table = format_table(results)
+    atomic_write_text(out / "bench.md", f"{header}\n\n{table}\n")
+    atomic_write_text(out / "bench.json", json.dumps(results, indent=2))
+    png = plot_heldout(results, out / "bench_heldout.png")
+    return {"markdown": out / "bench.md", "json": out / "bench.json", **({"png": png} if png else {})}
