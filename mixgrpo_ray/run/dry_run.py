@@ -1,0 +1,142 @@
+"""``mixgrpo-ray train --dry-run``: show where every role would compute, without loading a model.
+
+One light :class:`PlacementProbe` actor per role (rollout, learner, each reward pool) is
+scheduled with exactly the resources the role's real actors ask for (``num_cpus``, ``num_gpus``,
+custom ``resources``). Each probe resolves its device the way the real actor does
+(:func:`~mixgrpo_ray.cluster.devices.actor_device`: the GPU Ray assigned, or a refusal when torch
+cannot use it) and reports its node, Ray GPU ids, ``CUDA_VISIBLE_DEVICES`` and the GPU's name and
+memory. The driver adds the dtype each role would use, and prints one line per role. A wrong
+placement (a CPU-only torch on a GPU node, a role no node can host) shows in seconds instead of
+after loading a 12B model.
+
+The per-role memory a run needs is not estimated here (this build has no memory model).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import ray
+import torch
+
+from mixgrpo_ray.cluster.actors import kill_actors, spawn_actors
+from mixgrpo_ray.cluster.devices import actor_device, assigned_gpu_ids
+from mixgrpo_ray.common.dtypes import short_name
+from mixgrpo_ray.config import ActorResources, Config
+from mixgrpo_ray.models.flux.loading import compute_dtype
+
+#: seconds to wait for the probes to be placed before calling a role unschedulable
+PLACEMENT_TIMEOUT_S = 60.0
+
+
+class PlacementProbe:
+    """A stand-in for one role's actor: same resources, no model."""
+
+    def report(self, num_gpus: float) -> dict:
+        """Where an actor with ``num_gpus`` computes here: ``device`` (or ``error``), ``node``,
+        ``gpu_ids``, ``cuda_visible_devices``, ``torch`` and, on a GPU, ``gpu_name`` and
+        ``gpu_memory_gib``."""
+        out = {
+            "node": ray.util.get_node_ip_address(),
+            "gpu_ids": assigned_gpu_ids(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "torch": torch.__version__,
+        }
+        try:
+            device = actor_device(num_gpus)
+        except RuntimeError as exc:
+            return {**out, "device": None, "error": str(exc)}
+        out["device"] = str(device)
+        if device.type == "cuda":
+            props = torch.cuda.get_device_properties(device)
+            out["gpu_name"] = props.name
+            out["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        return out
+
+
+@dataclass
+class RoleProbe:
+    """One role to probe: its name, how many actors it starts and their resources."""
+
+    role: str
+    count: int
+    resources: ActorResources
+    kind: str  # "rollout", "learner" or "reward"
+
+
+def roles(cfg: Config) -> list[RoleProbe]:
+    """Every role of the run, in start order."""
+    out = [RoleProbe("rollout", cfg.rollout.num_workers, cfg.rollout, "rollout")]
+    out += [RoleProbe(f"reward/{name}", rc.replicas, rc, "reward") for name, rc in cfg.rewards.items()]
+    out.append(RoleProbe("learner", cfg.learner.num_workers, cfg.learner, "learner"))
+    return out
+
+
+def role_dtype(cfg: Config, probe: RoleProbe, device: Optional[str]) -> str:
+    """The precision ``probe``'s actors would compute in on ``device``."""
+    if probe.kind == "reward":
+        return str(cfg.rewards[probe.role.split("/", 1)[1]].options.get("dtype") or "model default")
+    if cfg.model.kind != "flux":
+        return "fp32"
+    compute = short_name(compute_dtype(cfg.model.dtype, device or "cpu"))
+    if probe.kind == "rollout" or (compute == "fp32" and cfg.model.lora_rank == 0):
+        return compute
+    if cfg.model.lora_rank > 0:
+        return f"{compute} (frozen transformer), fp32 LoRA adapters"
+    return f"{compute} autocast, fp32 master weights"
+
+
+def probe_roles(cfg: Config, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[dict]:
+    """Place one probe per role and collect its report (plus ``role``, ``count``, ``dtype``); a
+    probe not placed within ``timeout_s`` reports an ``error``."""
+    plan, probes, rows = roles(cfg), [], []
+    try:
+        for p in plan:
+            probes += spawn_actors(PlacementProbe, f"probe/{p.role}", 1, p.resources, wait=False)
+        refs = [a.report.remote(p.resources.num_gpus) for a, p in zip(probes, plan)]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        done = set(ready)
+        for ref, p in zip(refs, plan):
+            if ref in done:
+                report = ray.get(ref)
+            else:
+                report = {"device": None, "error": f"not placed within {timeout_s:g} s: no node offers "
+                          f"{resource_text(p.resources)} at once"}
+            rows.append({"role": p.role, "count": p.count, **report,
+                         "dtype": role_dtype(cfg, p, report.get("device"))})
+    finally:
+        kill_actors(probes)
+    return rows
+
+
+def resource_text(rc: ActorResources) -> str:
+    parts = [f"CPU {rc.num_cpus:g}", f"GPU {rc.num_gpus:g}"] + [f"{k} {v:g}" for k, v in rc.resources.items()]
+    return ", ".join(parts)
+
+
+def format_rows(rows: list[dict]) -> str:
+    """One line per role."""
+    width = max(len(r["role"]) for r in rows)
+    lines = []
+    for r in rows:
+        head = f"{r['role']:<{width}}  x{r['count']}  node {r.get('node', '?')}"
+        if r.get("error"):
+            lines.append(f"{head}  ERROR: {r['error']}")
+            continue
+        gpu = ""
+        if r.get("gpu_name"):
+            gpu = f"  ({r['gpu_name']}, {r['gpu_memory_gib']:g} GiB)"
+        lines.append(
+            f"{head}  device {r['device']}  dtype {r['dtype']}  gpu ids {r['gpu_ids'] or '-'}  "
+            f"CUDA_VISIBLE_DEVICES={r['cuda_visible_devices'] if r['cuda_visible_devices'] is not None else '(unset)'}"
+            f"{gpu}  memory: not estimated"
+        )
+    return "\n".join(lines)
+
+
+def dry_run(cfg: Config) -> tuple[int, str]:
+    """``(exit code, report)``: 0 when every role can be placed on a usable device, else 2."""
+    rows = probe_roles(cfg)
+    return (2 if any(r.get("error") for r in rows) else 0), format_rows(rows)
