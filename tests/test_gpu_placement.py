@@ -308,3 +308,32 @@ def test_train_dry_run_probes_every_role_without_loading_models(tmp_path, capsys
     assert lines[0].split()[1] == "x2" and all("device cpu" in ln and "gpu ids -" in ln for ln in lines)
     assert "dtype fp32 (frozen transformer), fp32 LoRA adapters" in lines[-1]
     assert not (tmp_path / "runs").exists()
+
+
+# ------------------------------------------------------------------ dry-run memory from safetensors headers
+def test_dry_run_memory_from_safetensors_headers(tmp_path):
+    from mixgrpo_ray.models.flux.memory import component_params, role_weight_bytes
+    from mixgrpo_ray.models.flux.policy import FluxPolicy
+    from mixgrpo_ray.run.dry_run import format_rows, role_row, roles
+    from tiny_flux import build_tiny_flux
+
+    flux = build_tiny_flux(tmp_path / "flux")
+    cfg = resolve(["flux"], [f"model.path={flux}"])
+    policy = FluxPolicy.from_model_config(cfg.model, trainable=False)
+    want = {"transformer": policy.transformer, "vae": policy.vae, "text_encoder": policy.prompts.text_encoder,
+            "text_encoder_2": policy.prompts.text_encoder_2}
+    assert component_params(flux) == {k: sum(p.numel() for p in m.parameters()) for k, m in want.items()}
+    assert component_params(tmp_path / "nothing") is None
+    n = component_params(flux)
+    frozen, t = n["vae"] + n["text_encoder"] + n["text_encoder_2"], n["transformer"]
+    assert role_weight_bytes(n, "rollout", torch.bfloat16, lora=False) == (frozen + t) * 2
+    assert role_weight_bytes(n, "learner", torch.bfloat16, lora=False) == frozen * 2 + t * 16  # fp32 master+grad+AdamW
+    assert role_weight_bytes(n, "learner", torch.float32, lora=True) == (frozen + t) * 4
+    by_role = {p.kind: p for p in roles(cfg)}
+    report = {"device": "cuda:0", "gpu_ids": ["0"], "cuda_visible_devices": "0", "gpu_name": "Fake", "gpu_memory_gib": 80}
+    rollout = role_row(cfg, by_role["rollout"], report)  # bf16 on CUDA: 2 bytes per parameter
+    assert rollout["memory"] == f"~{(frozen + n['transformer']) * 2 / 2**30:.1f} GiB weights (activations extra)"
+    learner = role_row(cfg, by_role["learner"], {**report, "gpu_memory_gib": 1e-9})  # 16 bytes per trained parameter
+    assert learner["memory"].startswith(f"~{(frozen * 2 + n['transformer'] * 16) / 2**30:.1f} GiB weights + AdamW")
+    assert "exceeds the 1e-09 GiB of Fake on cuda:0; use --config flux_lora" in learner["error"]
+    assert "ERROR: " in format_rows([rollout, learner]).splitlines()[1] and "ERROR" not in format_rows([rollout])

@@ -5,11 +5,11 @@ scheduled with exactly the resources the role's real actors ask for (``num_cpus`
 custom ``resources``). Each probe resolves its device the way the real actor does
 (:func:`~mixgrpo_ray.cluster.devices.actor_device`: the GPU Ray assigned, or a refusal when torch
 cannot use it) and reports its node, Ray GPU ids, ``CUDA_VISIBLE_DEVICES`` and the GPU's name and
-memory. The driver adds the dtype each role would use, and prints one line per role. A wrong
-placement (a CPU-only torch on a GPU node, a role no node can host) shows in seconds instead of
-after loading a 12B model.
-
-The per-role memory a run needs is not estimated here (this build has no memory model).
+memory. The driver adds the dtype each role would use and, for FLUX from a local folder, the
+memory its weights and optimiser state take (:mod:`mixgrpo_ray.models.flux.memory`, read from the
+safetensors headers), and prints one line per role. A wrong placement (a CPU-only torch on a GPU
+node, a role no node can host, weights larger than the GPU) shows in seconds instead of after
+loading a 12B model. Reward models' memory is not estimated.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mixgrpo_ray.cluster.devices import actor_device, assigned_gpu_ids
 from mixgrpo_ray.common.dtypes import short_name
 from mixgrpo_ray.config import ActorResources, Config
 from mixgrpo_ray.models.flux.loading import compute_dtype
+from mixgrpo_ray.models.flux.memory import component_params, role_weight_bytes
 
 #: seconds to wait for the probes to be placed before calling a role unschedulable
 PLACEMENT_TIMEOUT_S = 60.0
@@ -88,6 +89,33 @@ def role_dtype(cfg: Config, probe: RoleProbe, device: Optional[str]) -> str:
     return f"{compute} autocast, fp32 master weights"
 
 
+def role_memory_gib(cfg: Config, probe: RoleProbe, device: Optional[str]) -> tuple[Optional[float], str]:
+    """``(GiB or None, text)``: the weights (and optimiser state) ``probe``'s actors would hold."""
+    if probe.kind == "reward":
+        return None, "not estimated"
+    if cfg.model.kind != "flux":
+        return None, "negligible (tiny model)"
+    params = component_params(cfg.model.path or "")
+    if params is None:
+        return None, "not estimated (model.path is not a local folder with safetensors weights)"
+    dtype = compute_dtype(cfg.model.dtype, device or "cpu")
+    gib = role_weight_bytes(params, probe.kind, dtype, cfg.model.lora_rank > 0) / 2**30
+    what = "weights + AdamW state" if probe.kind == "learner" and cfg.model.lora_rank == 0 else "weights"
+    return gib, f"~{gib:.1f} GiB {what} (activations extra)"
+
+
+def role_row(cfg: Config, probe: RoleProbe, report: dict) -> dict:
+    """A probe's ``report`` with the role's ``dtype`` and ``memory`` added; an ``error`` when the
+    estimated memory alone exceeds the probe's GPU."""
+    device = report.get("device")
+    gib, memory = role_memory_gib(cfg, probe, device)
+    row = {"role": probe.role, "count": probe.count, **report, "memory": memory, "dtype": role_dtype(cfg, probe, device)}
+    if gib is not None and report.get("gpu_memory_gib") and gib > report["gpu_memory_gib"]:
+        hint = "; use --config flux_lora" if probe.kind == "learner" and cfg.model.lora_rank == 0 else ""
+        row["error"] = f"{memory} exceeds the {report['gpu_memory_gib']:g} GiB of {report['gpu_name']} on {device}{hint}"
+    return row
+
+
 def probe_roles(cfg: Config, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[dict]:
     """Place one probe per role and collect its report (plus ``role``, ``count``, ``dtype``); a
     probe not placed within ``timeout_s`` reports an ``error``."""
@@ -104,8 +132,7 @@ def probe_roles(cfg: Config, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[dic
             else:
                 report = {"device": None, "error": f"not placed within {timeout_s:g} s: no node offers "
                           f"{resource_text(p.resources)} at once"}
-            rows.append({"role": p.role, "count": p.count, **report,
-                         "dtype": role_dtype(cfg, p, report.get("device"))})
+            rows.append(role_row(cfg, p, report))
     finally:
         kill_actors(probes)
     return rows
@@ -121,18 +148,15 @@ def format_rows(rows: list[dict]) -> str:
     width = max(len(r["role"]) for r in rows)
     lines = []
     for r in rows:
-        head = f"{r['role']:<{width}}  x{r['count']}  node {r.get('node', '?')}"
+        line = f"{r['role']:<{width}}  x{r['count']}  node {r.get('node', '?')}"
+        if r.get("device"):
+            visible = r["cuda_visible_devices"] if r["cuda_visible_devices"] is not None else "(unset)"
+            gpu = f"  ({r['gpu_name']}, {r['gpu_memory_gib']:g} GiB)" if r.get("gpu_name") else ""
+            line += (f"  device {r['device']}  dtype {r['dtype']}  gpu ids {r['gpu_ids'] or '-'}  "
+                     f"CUDA_VISIBLE_DEVICES={visible}{gpu}  memory {r['memory']}")
         if r.get("error"):
-            lines.append(f"{head}  ERROR: {r['error']}")
-            continue
-        gpu = ""
-        if r.get("gpu_name"):
-            gpu = f"  ({r['gpu_name']}, {r['gpu_memory_gib']:g} GiB)"
-        lines.append(
-            f"{head}  device {r['device']}  dtype {r['dtype']}  gpu ids {r['gpu_ids'] or '-'}  "
-            f"CUDA_VISIBLE_DEVICES={r['cuda_visible_devices'] if r['cuda_visible_devices'] is not None else '(unset)'}"
-            f"{gpu}  memory: not estimated"
-        )
+            line += f"  ERROR: {r['error']}"
+        lines.append(line)
     return "\n".join(lines)
 
 
