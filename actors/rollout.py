@@ -17,10 +17,10 @@ import torch
 from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
-from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.models.build import build_policy, eval_batch_size
 
 

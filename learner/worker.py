@@ -15,11 +15,11 @@ import torch.distributed as dist
 
 from mixgrpo_ray.algo.update import GRPOTrainer
 from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.devices import actor_device, join_process_group
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.dtypes import parse_dtype
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.core.trajectory import Trajectory
-from mixgrpo_ray.cluster.devices import actor_device, join_process_group
 from mixgrpo_ray.models.build import build_policy
 
 
