@@ -17,21 +17,23 @@ import torch
 from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
-from mixgrpo_ray.models.build import build_policy, pick_device
+from mixgrpo_ray.models.build import build_policy, eval_batch_size
 
 
 class RolloutWorker:
     """One rollout actor (create the group with :class:`RolloutWorkers`)."""
 
     def __init__(self, index: int, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig,
-                 rollout: RolloutConfig, seed: int) -> None:
+                 rollout: RolloutConfig, seed: int, eval_batch: int = 0) -> None:
         self.index = index
+        self.eval_batch_size = eval_batch_size(model, eval_batch)
         torch.set_num_threads(rollout.torch_threads)
         torch.manual_seed(seed)
-        self.device = pick_device(rollout.num_gpus)
+        self.device = actor_device(rollout.num_gpus)
         self.policy = build_policy(model, self.device, trainable=False)
         self.policy.train(False)
         self.sampling, self.grpo = sampling, grpo
@@ -64,8 +66,10 @@ class RolloutWorker:
         return out.images, out.trajectory, meta
 
     def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
-        """Deterministic ODE images (full Euler schedule) for evaluation, uint8."""
-        return sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps, shift=self.sampling.shift)
+        """Deterministic ODE images (full Euler schedule) for evaluation, uint8; the policy sees at
+        most ``data.eval_batch_size`` images at once."""
+        return sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps, shift=self.sampling.shift,
+                             batch_size=self.eval_batch_size)
 
     def grid_png(self, prompts: Sequence[str], seed: int, title: str = "") -> bytes:
         """A captioned PNG grid of one deterministic image per prompt."""
@@ -75,13 +79,16 @@ class RolloutWorker:
 
 class RolloutWorkers(ActorGroup):
     """``rollout.num_workers`` actors ``mixgrpo/rollout/<i>``; an iteration's prompts are split
-    over them (or cut into calls of ``rollout.prompts_per_call`` prompts)."""
+    over them (or cut into calls of ``rollout.prompts_per_call`` prompts). ``eval_batch`` is
+    ``data.eval_batch_size`` (0: the model's default)."""
 
     def __init__(self, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig, rollout: RolloutConfig,
-                 seed: int) -> None:
+                 seed: int, eval_batch: int = 0) -> None:
         super().__init__(spawn_actors(
-            RolloutWorker, "rollout", rollout.num_workers, rollout, lambda i: (i, model, sampling, grpo, rollout, seed)
+            RolloutWorker, "rollout", rollout.num_workers, rollout,
+            lambda i: (i, model, sampling, grpo, rollout, seed, eval_batch),
         ))
+        self.eval_batch_size = eval_batch_size(model, eval_batch)
         self.prompts_per_call = rollout.prompts_per_call
         self.group_size = grpo.group_size
         self.seed = seed
@@ -104,13 +111,15 @@ class RolloutWorkers(ActorGroup):
         return out
 
     def sample_eval(self, prompts: list[str], seeds: list[int]) -> list[tuple[list[str], ray.ObjectRef]]:
-        """Evaluation images of every (prompt, seed) pair, spread over the actors:
-        ``(prompts, images_ref)`` per call."""
+        """Evaluation images of every (prompt, seed) pair, spread evenly over the actors in calls
+        of at most ``eval_batch_size`` images (in order): ``(prompts, images_ref)`` per call."""
         pairs = list(zip(prompts, seeds))
         out = []
-        for c, chunk in enumerate(split_evenly(pairs, len(self.actors))):
-            ps = [p for p, _ in chunk]
-            out.append((ps, self.actors[c].sample_eval.remote(ps, [s for _, s in chunk])))
+        for c, share in enumerate(split_evenly(pairs, len(self.actors))):
+            for start in range(0, len(share), self.eval_batch_size):
+                chunk = share[start : start + self.eval_batch_size]
+                ps = [p for p, _ in chunk]
+                out.append((ps, self.actors[c].sample_eval.remote(ps, [s for _, s in chunk])))
         return out
 
     def load_weights(self, version: int, state_ref: list) -> None:

@@ -15,11 +15,12 @@ import torch.distributed as dist
 
 from mixgrpo_ray.algo.update import GRPOTrainer
 from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.devices import actor_device, join_process_group
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.dtypes import parse_dtype
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.core.trajectory import Trajectory
-from mixgrpo_ray.models.build import build_policy, pick_device
+from mixgrpo_ray.models.build import build_policy
 
 
 class StaleRolloutError(RuntimeError):
@@ -35,7 +36,7 @@ class LearnerWorker:
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size
         self.learner = learner
-        self.device = pick_device(learner.num_gpus)
+        self.device = actor_device(learner.num_gpus)
         self.policy = build_policy(model, self.device, trainable=True)
         self.optim, self.clip_range = optim, clip_range
         self.trainer: GRPOTrainer | None = None
@@ -54,12 +55,7 @@ class LearnerWorker:
     def init_process_group(self, addr: str, port: int) -> int:
         group = None
         if self.world_size > 1:
-            backend = self.learner.backend
-            if backend == "auto":
-                backend = "nccl" if self.device.type == "cuda" else "gloo"
-            dist.init_process_group(
-                backend=backend, init_method=f"tcp://{addr}:{port}", rank=self.rank, world_size=self.world_size
-            )
+            join_process_group(self.learner.backend, self.device, addr, port, self.rank, self.world_size)
             group = dist.group.WORLD
         self.trainer = GRPOTrainer(
             self.policy, self.optim, self.clip_range, rank=self.rank, world_size=self.world_size, process_group=group

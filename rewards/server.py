@@ -9,6 +9,7 @@ in flight.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Sequence
 
@@ -17,22 +18,37 @@ import torch
 
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.config import RewardConfig
-from mixgrpo_ray.rewards.registry import build_reward
+from mixgrpo_ray.rewards.registry import build_reward, reward_class
+
+
+def placed_options(kind: str, options: dict, device: torch.device) -> dict:
+    """``options`` with ``device`` set to the replica's own device when reward ``kind`` takes a
+    ``device`` option: CPU for ``num_gpus: 0`` (an actor without GPUs still *sees* every GPU of
+    its node in Ray 2.60, so a model's own "CUDA when available" would land on another role's
+    GPU), else the GPU Ray assigned to the replica."""
+    if "device" not in inspect.signature(reward_class(kind).__init__).parameters:
+        return dict(options)
+    return {**options, "device": str(device)}
 
 
 class RewardServer:
-    """One replica: a reward model that scores image batches in chunks of ``batch_size``."""
+    """One replica: a reward model on its own device (:func:`placed_options`) that scores image
+    batches in chunks of ``batch_size``."""
 
-    def __init__(self, name: str, kind: str, options: dict, batch_size: int, torch_threads: int, replica: int) -> None:
+    def __init__(self, name: str, kind: str, options: dict, batch_size: int, torch_threads: int, replica: int,
+                 num_gpus: float = 0.0) -> None:
         torch.set_num_threads(torch_threads)
         self.name = name
-        self.model = build_reward(kind, **options)
+        self.device = actor_device(num_gpus)
+        self.model = build_reward(kind, **placed_options(kind, options, self.device))
         self.batch_size = int(batch_size)
         self._metrics = ray_metrics.RewardMetrics(name, replica)
 
     def info(self) -> dict:
-        return {"name": self.name, "can_fail": bool(self.model.can_fail), "range": list(self.model.score_range)}
+        return {"name": self.name, "can_fail": bool(self.model.can_fail), "range": list(self.model.score_range),
+                "device": str(self.device)}
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """``(B,)`` float32 scores; NaN marks an image the model failed to score."""
@@ -55,7 +71,7 @@ class RewardPool(ActorGroup):
     def __init__(self, name: str, cfg: RewardConfig) -> None:
         super().__init__(spawn_actors(
             RewardServer, f"reward/{name}", cfg.replicas, cfg,
-            lambda i: (name, cfg.kind, cfg.model_kwargs(), cfg.batch_size, cfg.torch_threads, i),
+            lambda i: (name, cfg.kind, cfg.model_kwargs(), cfg.batch_size, cfg.torch_threads, i, cfg.num_gpus),
         ))
         self.name = name
         self.cfg = cfg

@@ -231,6 +231,7 @@ def test_choice_values_match_today():
         for value in choices:
             extra = ["grpo.algorithm=dancegrpo"] if value == "dancegrpo" else []
             extra += ["rewards.quality.target=my_rewards:score"] if value == "python" else []
+            extra += ["learner.num_gpus=1"] if (key, value) == ("learner.backend", "nccl") else []  # NCCL needs GPUs
             C.resolve(None, [f"{key}={value}"] + extra)
 
 

@@ -145,16 +145,25 @@ def sample_images(
     base_policy: Optional[Policy] = None,
     mix_fraction: float = 1.0,
     float_images: bool = False,
+    batch_size: Optional[int] = None,
 ) -> torch.Tensor:
     """Deterministic ODE samples, one per (prompt, seed) pair, as uint8 ``(B, 3, H, W)`` (or
     float32 in ``[0, 1]`` with ``float_images``).
 
-    Each image's initial noise comes from its own seed, so results do not depend on batching.
+    Each image's initial noise comes from its own seed, so results do not depend on batching;
+    with ``batch_size`` the policy never sees more than that many images at once.
     With ``base_policy`` and ``mix_fraction < 1`` (test-time mixed-model sampling, docs/algorithm.md eq. (36)) the
     first ``round(mix_fraction * num_steps)`` steps use ``policy`` and the rest ``base_policy``.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if batch_size is not None and len(prompts) > batch_size:
+        kwargs = dict(num_steps=num_steps, shift=shift, order=order, base_policy=base_policy,
+                      mix_fraction=mix_fraction, float_images=float_images)
+        return torch.cat([
+            sample_images(policy, prompts[i : i + batch_size], seeds[i : i + batch_size], **kwargs)
+            for i in range(0, len(prompts), batch_size)
+        ])
     x = torch.cat([policy.initial_noise(1, torch.Generator().manual_seed(int(s))) for s in seeds])
     x = x.to(policy.device)
     sigmas = sigma_schedule(num_steps, shift)

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset name or YAML path; repeat to layer (default: tiny)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="place one light probe actor per role with the role's resources, print each role's device, "
+                   "dtype and GPU ids, and exit without loading any model (exit 2 if a role cannot be placed)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     return p
 
@@ -103,6 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"{PROG}: error: {exc}", file=sys.stderr)
             return 2
+        if args.dry_run:
+            from mixgrpo_ray.run.dry_run import dry_run
+
+            code, report = dry_run(cfg)
+            print(report, flush=True)
+            if code:
+                print(f"{PROG}: error: a role cannot be placed as configured (see ERROR above)", file=sys.stderr)
+            return code
         return run(cfg, resume=args.resume)
     finally:
         ray.shutdown()

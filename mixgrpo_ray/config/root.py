@@ -63,6 +63,20 @@ class Config(Section):
                     f"window.initial_start must be in [0, {trainable - w.size}] for window.size={w.size} "
                     f"and sampling.num_steps={s.num_steps}, got {w.initial_start}"
                 )
+        if self.model.kind == "flux" and self.model.dtype == "fp16":
+            raise line_error(
+                "model.dtype=fp16 is not supported for FLUX: T5-XXL, the FLUX transformer and its VAE overflow in "
+                "fp16 and the learner has no gradient scaler; use model.dtype=bf16 (or auto: bf16 on GPU)"
+            )
+        for name, rc in self.rewards.items():
+            # the reward server sets the model's device from num_gpus; a device option saying otherwise is a mistake
+            device = str(rc.options.get("device") or "auto")
+            if device.startswith("cuda") and rc.num_gpus <= 0:
+                raise line_error(f"rewards.{name}.options.device={device} needs rewards.{name}.num_gpus > 0 (a replica "
+                                 "computes on the GPU Ray assigns it); set num_gpus or drop the device option")
+            if device == "cpu" and rc.num_gpus > 0:
+                raise line_error(f"rewards.{name}.options.device=cpu but rewards.{name}.num_gpus={rc.num_gpus:g} "
+                                 "reserves GPUs it would not use; set num_gpus: 0 or drop the device option")
         workers = self.learner.num_workers
         if o.samples_per_update % workers:
             raise line_error(

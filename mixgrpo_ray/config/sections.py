@@ -91,6 +91,7 @@ class DataConfig(Section):
     prompts_per_iteration: Int = Field(8, ge=1)
     eval_prompts: Int = Field(0, ge=0)  # 0 = all eval prompts
     eval_seeds: Int = Field(1, ge=1)  # images per eval prompt (fixed noise seeds)
+    eval_batch_size: Int = Field(0, ge=0)  # images per evaluation / grid sampling call; 0 = auto (tiny 256, flux 8)
     shuffle: Bool = True
 
 
@@ -218,6 +219,13 @@ class LearnerConfig(ActorResources):
     backend: Backend = "auto"  # auto (nccl on GPU, gloo on CPU), gloo, nccl
     max_staleness: Int = 0  # weight versions a rollout may lag behind (0 = strictly on-policy)
     publish_dtype: PublishDtype = "fp32"  # weights sent to rollout actors: fp32, or bf16 (half the traffic)
+
+    @model_validator(mode="after")
+    def _nccl_needs_gpus(self) -> "LearnerConfig":
+        if self.backend == "nccl" and self.num_gpus <= 0:
+            raise line_error("learner.backend=nccl needs learner.num_gpus > 0 (NCCL runs on GPUs only); "
+                             "use backend gloo or auto on CPU")
+        return self
 
 
 class RunConfig(Section):

@@ -2,17 +2,45 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from mixgrpo_ray.config import ModelConfig
 from mixgrpo_ray.models.policy import Policy
 
+#: images per evaluation / grid sampling call when ``data.eval_batch_size`` is 0 (auto), by
+#: ``model.kind``: a 720x720 FLUX batch of 8 fits beside its text encoders on one 80 GB GPU.
+EVAL_BATCH_SIZE = {"tiny": 256, "flux": 8}
 
-def pick_device(num_gpus: float) -> torch.device:
-    """CUDA when the actor was given a GPU (and one is visible), else CPU."""
-    if num_gpus > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+
+class NoCudaError(RuntimeError):
+    """An actor was given GPUs but this torch build cannot use them."""
+
+
+def pick_device(num_gpus: float, index: Optional[int] = None) -> torch.device:
+    """CPU for ``num_gpus == 0``; else CUDA device ``index`` (``cuda`` when ``None``).
+
+    Raises :class:`NoCudaError` when GPUs were asked for but torch sees no CUDA device (a CPU
+    build of torch, or no driver): silently loading the model on CPU would hold the GPUs Ray
+    reserved while running orders of magnitude slower in fp32.
+    """
+    if num_gpus <= 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        build = f"torch {torch.__version__}" + (" (a CPU-only build)" if torch.version.cuda is None else "")
+        raise NoCudaError(
+            f"this actor was given num_gpus={num_gpus:g} but {build} sees no CUDA device; install a CUDA "
+            "build of torch on every GPU node (e.g. pip install torch --index-url "
+            "https://download.pytorch.org/whl/cu128, or make setup TORCH=...) or set the role's num_gpus: 0"
+        )
+    return torch.device("cuda" if index is None else f"cuda:{int(index)}")
+
+
+def eval_batch_size(model: ModelConfig, configured: int) -> int:
+    """Images per evaluation sampling call: ``configured`` (``data.eval_batch_size``), or the
+    model's default when that is 0."""
+    return int(configured) if configured > 0 else EVAL_BATCH_SIZE.get(model.kind, 8)
 
 
 def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> Policy:
@@ -29,3 +57,15 @@ def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trai
 
         return FluxPolicy.from_model_config(model, device=device, trainable=trainable)
     raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny or flux")
+
+
+def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
+    """The base model ``model`` describes, beside ``trained`` (the same model with trained weights
+    loaded), for test-time mixed-model sampling: FLUX shares every frozen component (text
+    encoders, prompt cache, VAE; with LoRA the transformer too) with ``trained``; the tiny model
+    is small enough to load again."""
+    if model.kind == "flux":
+        from mixgrpo_ray.models.flux.policy import shared_base
+
+        return shared_base(trained, model)
+    return build_policy(model, trained.device, trainable=False)

@@ -72,7 +72,8 @@ class Driver:
         self.rewards: Optional[RewardPools] = None
         self.learners: Optional[LearnerGroup] = None
         try:  # the roles, each scaled by its own config section
-            self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed)
+            self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed,
+                                          cfg.data.eval_batch_size)
             self.rewards = RewardPools(cfg.rewards)
             self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
                                          max_importance_weight=cfg.grpo.max_importance_weight)

@@ -137,13 +137,26 @@ def _release_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@contextmanager
+def _model_errors() -> Iterator[None]:
+    try:
+        yield
+    except (ValueError, OSError) as exc:  # OSError: missing / unreadable model files
+        raise EvalError(f"model: {_first_line(exc)}") from None
+
+
 def _build(cfg: Config, device: torch.device):
     from mixgrpo_ray.models.build import build_policy
 
-    try:
+    with _model_errors():
         return build_policy(cfg.model, device, trainable=False)
-    except (ValueError, OSError) as exc:  # OSError: missing / unreadable model files
-        raise EvalError(f"model: {_first_line(exc)}") from None
+
+
+def _build_base(trained, cfg: Config):
+    from mixgrpo_ray.models.build import build_base_policy
+
+    with _model_errors():
+        return build_base_policy(trained, cfg.model)
 
 
 def score_models(cfg: Config, prompts: Sequence[str], seeds: Sequence[int], rewards: dict,
@@ -151,7 +164,9 @@ def score_models(cfg: Config, prompts: Sequence[str], seeds: Sequence[int], rewa
     """``[base]``, or ``[base, checkpoint]`` when ``weights`` (a trainable-weights file) is given.
 
     The checkpoint is loaded first, so weights that do not fit the model fail before any
-    sampling. At most two policies live at once, and two only when mixing (``mix_fraction < 1``).
+    sampling. At most two policies live at once, and two only when mixing (``mix_fraction < 1``);
+    then the base shares every frozen component with the checkpoint's policy
+    (:func:`~mixgrpo_ray.models.build.build_base_policy`).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     common = dict(batch_size=batch_size, grid_prompts=cfg.run.grid_prompts)
@@ -168,7 +183,7 @@ def score_models(cfg: Config, prompts: Sequence[str], seeds: Sequence[int], rewa
                 f"({str(exc).splitlines()[0]}); pass the config the run was trained with"
             ) from None
         state = None
-        base = _build(cfg, device) if mix_fraction < 1 else None
+        base = _build_base(policy, cfg) if mix_fraction < 1 else None
         results.append(score_model("checkpoint", label, policy, prompts, seeds, rewards, cfg,
                                    base_policy=base, mix_fraction=mix_fraction, **common))
         policy = None

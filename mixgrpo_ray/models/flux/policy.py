@@ -244,21 +244,26 @@ def load_trained_weights(policy: FluxPolicy, checkpoint: str | Path) -> FluxPoli
     return policy
 
 
-def load_for_mixed_sampling(
-    model: ModelConfig, checkpoint: str | Path, device: torch.device | str = "cpu"
-) -> tuple[FluxPolicy, FluxPolicy]:
-    """``(trained, base)`` policies for test-time mixed-model sampling (docs/algorithm.md §10, with
-    :func:`mixgrpo_ray.algo.rollout.sample_images`). With LoRA the base is :meth:`FluxPolicy.base_view`
-    of the trained policy (one copy of everything); with full fine-tuning the base gets its own
-    transformer from ``model.path`` but shares text encoders, prompt cache and VAE."""
-    trained = load_trained_weights(FluxPolicy.from_model_config(model, device=device, trainable=False), checkpoint)
+def shared_base(trained: FluxPolicy, model: ModelConfig) -> FluxPolicy:
+    """The base model beside ``trained`` for test-time mixed-model sampling, sharing everything
+    but the trained weights: with LoRA :meth:`FluxPolicy.base_view` (one copy of everything, the
+    adapters switched off); with full fine-tuning a second transformer from ``model.path`` that
+    shares the text encoders, prompt cache and VAE of ``trained``."""
     if trained.lora:
-        return trained, trained.base_view()
+        return trained.base_view()
     base_transformer = flux_loading.load_transformer(model.path or flux_loading.DEFAULT_FLUX_MODEL, trained.compute_dtype)
     base_transformer.requires_grad_(False).eval().to(trained.device)
-    base = FluxPolicy(
+    return FluxPolicy(
         base_transformer, trained.vae, trained.prompts, height=trained.height, width=trained.width,
         guidance=trained.guidance, compute_dtype=trained.compute_dtype,
         timestep_decimals=trained.timestep_decimals, decode_batch_size=trained.decode_batch_size,
     )
-    return trained, base
+
+
+def load_for_mixed_sampling(
+    model: ModelConfig, checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[FluxPolicy, FluxPolicy]:
+    """``(trained, base)`` policies for test-time mixed-model sampling (docs/algorithm.md §10, with
+    :func:`mixgrpo_ray.algo.rollout.sample_images`); the base is :func:`shared_base`."""
+    trained = load_trained_weights(FluxPolicy.from_model_config(model, device=device, trainable=False), checkpoint)
+    return trained, shared_base(trained, model)
