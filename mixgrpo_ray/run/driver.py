@@ -25,7 +25,9 @@ from mixgrpo_ray.core.window import SlidingWindow
 from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
 from mixgrpo_ray.learner.group import LearnerGroup
 from mixgrpo_ray.rewards.server import RewardPools
+from mixgrpo_ray.run.faults import FaultLog
 from mixgrpo_ray.run.metric_rows import eval_row, iteration_row, rollout_columns
+from mixgrpo_ray.run.recovery import collect_rollouts
 from mixgrpo_ray.run.run_dir import RunDir
 from mixgrpo_ray.run.timing import PhaseTimer
 
@@ -56,6 +58,7 @@ class Driver:
         self.iteration = 0
         self.version = 0
         self.timer = PhaseTimer()
+        self.faults = FaultLog()
         self.rollout: Optional[RolloutWorkers] = None
         self.rewards: Optional[RewardPools] = None
         self.learners: Optional[LearnerGroup] = None
@@ -74,10 +77,16 @@ class Driver:
     def sample(self, prompts: list[str], window: list[int], iteration: int) -> list[RolloutBatch]:
         """Start every rollout call and, for each, its scoring at every reward pool (Ray runs a
         scoring request as soon as that call's images exist)."""
-        return [
-            RolloutBatch(ps, images, traj, meta, self.rewards.submit(images, ps))
-            for ps, images, traj, meta in self.rollout.sample(prompts, window, iteration)
-        ]
+        return [self._scored(*call) for call in self.rollout.sample(prompts, window, iteration)]
+
+    def _scored(self, prompts: list[str], images, trajectory, meta) -> RolloutBatch:
+        return RolloutBatch(prompts, images, trajectory, meta, self.rewards.submit(images, prompts))
+
+    def collect(self, batches: list[RolloutBatch], window: list[int], iteration: int) -> list[RolloutMeta]:
+        """Wait for the rollout calls; a call whose actor is gone for good is redone on another."""
+        chunks = [b.prompts[:: self.cfg.grpo.group_size] for b in batches]
+        return collect_rollouts(self.rollout, batches,
+                                lambda c: self._scored(*self.rollout.submit(c, chunks[c], window, iteration)), self.faults)
 
     def score(self, batches: list[RolloutBatch]) -> dict[str, torch.Tensor]:
         """Every reward's scores, flat in sample order."""
@@ -99,7 +108,8 @@ class Driver:
     def broadcast(self, bump: bool = True) -> int:
         """Publish the learner's weights once; every rollout actor loads them before sampling."""
         version, ref = self.learners.publish(bump=bump)
-        self.rollout.load_weights(version, ref)
+        self.rollout.load_weights(version, ref, on_gone=lambda name: self.faults.record(
+            "rollout_reassigned", name, "died and cannot be restarted; the other actors take its calls"))
         self.version = version
         return version
 
@@ -111,7 +121,7 @@ class Driver:
         self.timer.reset()
         with self.timer.phase("rollout"):
             batches = self.sample(prompts, window, it)
-            metas: list[RolloutMeta] = ray.get([b.meta for b in batches])
+            metas = self.collect(batches, window, it)
         with self.timer.phase("reward"):
             scores = self.score(batches)
         with self.timer.phase("train"):
@@ -126,6 +136,7 @@ class Driver:
         can_fail = {name: pool.can_fail for name, pool in self.rewards.items()}
         row = iteration_row(it, window_start, self.version, metas, scores, self.weights, can_fail, adv, stats,
                             self.timer.seconds)
+        row.update(self.faults.take())
         if self.cfg.run.log_rollouts:
             versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
             self.run_dir.write_rollouts(it, rollout_columns(
