@@ -8,6 +8,7 @@ the driver never opens. Each role is one group object built from its own config 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -44,7 +45,7 @@ class RolloutBatch:
 
 
 class Driver:
-    def __init__(self, cfg: Config, run_dir: RunDir) -> None:
+    def __init__(self, cfg: Config, run_dir: Optional[RunDir] = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.window = SlidingWindow(num_steps=cfg.sampling.num_steps, seed=cfg.run.seed, **vars(cfg.window))
@@ -59,6 +60,7 @@ class Driver:
         self.version = 0
         self.timer = PhaseTimer()
         self.faults = FaultLog()
+        self.checkpointed_at = time.monotonic()
         self.rollout: Optional[RolloutWorkers] = None
         self.rewards: Optional[RewardPools] = None
         self.learners: Optional[LearnerGroup] = None
@@ -156,7 +158,7 @@ class Driver:
                 self.grid(ckpt.checkpoint_name(it))
             self.run_dir.append_metrics(row)
             self.metrics.record(row)
-            if r.checkpoint_every and it % r.checkpoint_every == 0:
+            if self.checkpoint_due():
                 self.checkpoint()
             after_iteration(row)
 
@@ -179,6 +181,12 @@ class Driver:
         png = self.rollout.grid_png(self.grid_prompts, GRID_SEED, f"{label} (weights v{self.version})")
         return self.run_dir.write_grid(f"{label}.png", png)
 
+    def checkpoint_due(self) -> bool:
+        """Every ``run.checkpoint_every`` iterations, or ``run.checkpoint_every_s`` seconds."""
+        r = self.cfg.run
+        every_it = bool(r.checkpoint_every) and self.iteration % r.checkpoint_every == 0
+        return every_it or bool(r.checkpoint_every_s) and time.monotonic() - self.checkpointed_at >= r.checkpoint_every_s
+
     def checkpoint(self) -> Path:
         staging = ckpt.staging_dir(self.run_dir.path, self.iteration)
         self.learners.save_checkpoint(str(staging))
@@ -188,9 +196,13 @@ class Driver:
             "window": self.window.state_dict(),
             "sampler": self.sampler.state_dict(),
         }
-        return ckpt.commit(self.run_dir.path, staging, self.iteration, state)
+        path = ckpt.commit(self.run_dir.path, staging, self.iteration, state)
+        ckpt.prune(self.run_dir.path, self.cfg.run.keep_checkpoints)
+        self.checkpointed_at = time.monotonic()
+        return path
 
     def restore(self, checkpoint: Path) -> None:
+        ckpt.verify(checkpoint)
         state = ckpt.read_state(checkpoint)
         version = self.learners.load_checkpoint(str(checkpoint))
         if version != state["version"]:
