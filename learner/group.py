@@ -13,10 +13,15 @@ import ray
 import torch
 
 from mixgrpo_ray.algo.update import update_plan
-from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
+from mixgrpo_ray.cluster.retry import GroupCallFailed, describe, get_all_or_stop
 from mixgrpo_ray.common.seeds import update_plan_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
+
+
+class LearnerFailed(RuntimeError):
+    """A learner rank failed (its process died, or its call raised); the group cannot go on."""
 
 
 class LearnerGroup(ActorGroup):
@@ -49,10 +54,18 @@ class LearnerGroup(ActorGroup):
     def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int) -> dict:
         """Run the iteration's updates on all ranks; returns rank 0's statistics."""
         plan = self.plan(len(advantages), iteration)
-        return self.get_all("train", list(trajectory_refs), advantages, plan, self.max_staleness)[0]
+        return self.get_together("train", list(trajectory_refs), advantages, plan, self.max_staleness)[0]
+
+    def get_together(self, method: str, *args) -> list:
+        """``method`` on every rank; when one rank fails the group stops at once (no rank is
+        left waiting in a collective) and :class:`LearnerFailed` names it."""
+        try:
+            return get_all_or_stop(self.call_all(method, *args))
+        except GroupCallFailed as exc:
+            raise LearnerFailed(f"learner {actor_name('learner', exc.index)} failed: {describe(exc.error)}") from exc.error
 
     def publish(self, bump: bool = True) -> tuple[int, list]:
-        results = self.get_all("publish", bump)
+        results = self.get_together("publish", bump)
         versions = {v for v, _ in results}
         if len(versions) != 1:
             raise RuntimeError(f"learner ranks disagree on the weight version: {sorted(versions)}")
@@ -62,4 +75,4 @@ class LearnerGroup(ActorGroup):
         ray.get(self.actors[0].save_checkpoint.remote(directory))
 
     def load_checkpoint(self, directory: str) -> int:
-        return self.get_all("load_checkpoint", directory)[0]
+        return self.get_together("load_checkpoint", directory)[0]

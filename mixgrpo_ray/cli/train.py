@@ -92,9 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_cluster_resources(cfg, ray.cluster_resources())
         return run(cfg, resume=args.run_dir)
-    except (ConfigError, CheckpointError, RunStopped) as exc:
+    except (ConfigError, CheckpointError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # a fault the run cannot go on from: stopped cleanly, resumable
+        print(f"{PROG}: stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         ray.shutdown()
 

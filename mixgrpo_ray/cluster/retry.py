@@ -39,25 +39,37 @@ def get_each(refs: Sequence[ray.ObjectRef], timeout_s: Optional[float] = None) -
     return out
 
 
+def describe(error: BaseException) -> str:
+    """One short line for an error of a remote call: its process died, or the last
+    ``SomeError: message`` line of the remote traceback."""
+    if actor_died(error):
+        return "its process died"
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if ln.split(":", 1)[0].endswith(("Error", "Exception"))]
+    return (causes[-1] if causes else lines[0] if lines else type(error).__name__)[:300]
+
+
 class GroupCallFailed(RuntimeError):
     """One call of a group that must succeed together failed; ``index`` says which."""
 
     def __init__(self, index: int, error: BaseException) -> None:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        super().__init__(f"call {index} failed: {first}")
+        super().__init__(f"call {index} failed: {describe(error)}")
         self.index, self.error = index, error
 
 
-def get_all_or_stop(refs: Sequence[ray.ObjectRef], poll_s: float = 0.5) -> list:
+def get_all_or_stop(refs: Sequence[ray.ObjectRef], poll_s: float = 0.5, settle_s: float = 2.0) -> list:
     """All results of ``refs``, in order; raises :class:`GroupCallFailed` as soon as any call has
-    failed (within ``poll_s``), without waiting for the others."""
+    failed (within ``poll_s``), without waiting for the others to finish. Calls that fail within
+    ``settle_s`` of the first are looked at too, and a call whose process died is named first (its
+    peers fail only because it is gone)."""
     refs = list(refs)
     pending = list(refs)
     while pending:
         ready, pending = ray.wait(pending, num_returns=len(pending), timeout=poll_s, fetch_local=False)
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - any failure stops the group
-                raise GroupCallFailed(refs.index(ref), exc) from exc
+        failed = [(refs.index(r), e) for r, e in zip(ready, get_each(ready)) if isinstance(e, BaseException)]
+        if failed:
+            late, _ = ray.wait(pending, num_returns=len(pending), timeout=settle_s, fetch_local=False)
+            failed += [(refs.index(r), e) for r, e in zip(late, get_each(late)) if isinstance(e, BaseException)]
+            index, error = min(failed, key=lambda f: (not actor_died(f[1]), f[0]))
+            raise GroupCallFailed(index, error) from error
     return ray.get(refs)

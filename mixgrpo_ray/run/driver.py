@@ -28,7 +28,7 @@ from mixgrpo_ray.learner.group import LearnerGroup
 from mixgrpo_ray.rewards.server import RewardPools
 from mixgrpo_ray.run.faults import FaultLog
 from mixgrpo_ray.run.metric_rows import eval_row, iteration_row, rollout_columns
-from mixgrpo_ray.run.recovery import collect_rollouts
+from mixgrpo_ray.run.recovery import check_finite, collect_rollouts, stop_cleanly
 from mixgrpo_ray.run.run_dir import RunDir
 from mixgrpo_ray.run.timing import PhaseTimer
 
@@ -50,6 +50,7 @@ class Driver:
         self.run_dir = run_dir
         self.window = SlidingWindow(num_steps=cfg.sampling.num_steps, seed=cfg.run.seed, **vars(cfg.window))
         self.sampler = PromptSampler(load_prompts(cfg.data.train), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+        self.sampler_before: Optional[dict] = None  # set while an iteration is under way
         eval_prompts = load_prompts(cfg.data.eval)
         self.eval_prompts = eval_prompts[: cfg.data.eval_prompts] if cfg.data.eval_prompts else eval_prompts
         # grid prompts spread evenly over the held-out set (it is ordered by attributes)
@@ -91,15 +92,16 @@ class Driver:
                                 lambda c: self._scored(*self.rollout.submit(c, chunks[c], window, iteration)), self.faults)
 
     def score(self, batches: list[RolloutBatch]) -> dict[str, torch.Tensor]:
-        """Every reward's scores, flat in sample order."""
-        return {name: torch.cat(ray.get([b.scores[name] for b in batches])) for name in self.rewards}
+        """Every reward's scores, flat in sample order (failed replicas and timeouts retried)."""
+        return self.rewards.gather([b.scores for b in batches], self.faults.record)
 
     def advantages(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """Group-relative advantages over the trained rewards (docs/algorithm.md eqs. (29)-(31)),
-        flat in sample order; NaN scores of a reward that may fail are left out."""
+        flat in sample order; non-finite scores are left out of their reward's statistics."""
         g = self.cfg.grpo.group_size
         grouped = {n: scores[n].reshape(-1, g) for n in self.weights}
-        valid = {n: torch.isfinite(grouped[n]) for n in self.weights if self.rewards[n].can_fail}
+        valid = {n: torch.isfinite(grouped[n]) for n in self.weights}
+        check_finite(scores, self.weights, self.faults)
         adv = group_advantages(grouped, self.weights, mode=self.cfg.grpo.advantage_mode,
                                clip=self.cfg.grpo.advantage_clip, valid=valid)
         return adv.reshape(-1)
@@ -119,6 +121,7 @@ class Driver:
         """One iteration of the five phases; returns its metrics row."""
         it = self.iteration + 1
         window = self.window.current()
+        self.sampler_before = self.sampler.state_dict()
         prompts = self.sampler.next_batch(self.cfg.data.prompts_per_iteration)
         self.timer.reset()
         with self.timer.phase("rollout"):
@@ -133,6 +136,7 @@ class Driver:
             self.broadcast()
         self.window.step()
         self.iteration = it
+        self.sampler_before = None
 
         window_start = window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1
         can_fail = {name: pool.can_fail for name, pool in self.rewards.items()}
@@ -150,7 +154,8 @@ class Driver:
         evaluation, grids and checkpoints, then ``after_iteration(row)`` (logging, progress)."""
         r = self.cfg.run
         while self.iteration < iterations:
-            row = self.run_iteration()
+            with stop_cleanly(self):
+                row = self.run_iteration()
             it = self.iteration
             if r.eval_every and it % r.eval_every == 0 and it < iterations:
                 row.update(self.evaluate())
@@ -170,9 +175,9 @@ class Driver:
         standard error per reward (deterministic ODE sampling with the current weights)."""
         seeds = eval_seeds(self.cfg.data.eval_seeds)
         pairs = [(p, s) for s in seeds for p in self.eval_prompts]
-        calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
-        refs = [self.rewards.submit(images, ps) for ps, images in calls]
-        scores = {name: torch.cat(ray.get([r[name] for r in refs])) for name in self.rewards}
+        with stop_cleanly(self):
+            calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
+            scores = self.rewards.gather([self.rewards.submit(images, ps) for ps, images in calls], self.faults.record)
         return {**eval_row(scores), "eval/images": len(pairs)}
 
     def grid(self, label: str) -> Optional[Path]:
@@ -180,6 +185,12 @@ class Driver:
             return None
         png = self.rollout.grid_png(self.grid_prompts, GRID_SEED, f"{label} (weights v{self.version})")
         return self.run_dir.write_grid(f"{label}.png", png)
+
+    def rewind(self) -> None:
+        """Undo the prompt draw of an iteration that did not complete (if one is under way)."""
+        if self.sampler_before is not None:
+            self.sampler.load_state_dict(self.sampler_before)
+            self.sampler_before = None
 
     def checkpoint_due(self) -> bool:
         """Every ``run.checkpoint_every`` iterations, or ``run.checkpoint_every_s`` seconds."""

@@ -9,12 +9,17 @@ with the last complete checkpoint named and the command that resumes it.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Optional
+import contextlib
+from typing import Callable, Iterator, Mapping
+
+import torch
 
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster.actors import actor_name
 from mixgrpo_ray.cluster.retry import actor_died, get_each
+from mixgrpo_ray.common import checkpoint as ckpt
+from mixgrpo_ray.learner.group import LearnerFailed
+from mixgrpo_ray.rewards.server import RewardPoolDown
 from mixgrpo_ray.run.faults import FaultLog
 
 
@@ -48,10 +53,35 @@ def collect_rollouts(rollout, batches: list, redo: Callable[[int], object], faul
     return metas
 
 
-def learner_stopped(error: BaseException, rank: int, run: Path, latest: Optional[Path]) -> RunStopped:
-    """The error that ends a run whose learner rank ``rank`` failed."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    where = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written yet"
-    return RunStopped(f"learner {actor_name('learner', rank)} failed ({first[:200]}); the run stopped, "
-                      f"{where}; continue with: mixgrpo-ray train --resume {run}")
+def check_finite(scores: Mapping[str, torch.Tensor], trained: Mapping[str, float], faults: FaultLog) -> None:
+    """Count the non-finite scores of an iteration (they are left out of their reward's group
+    statistics); raise RunStopped when a trained reward has no finite score at all."""
+    for name, s in scores.items():
+        bad = int((~torch.isfinite(s)).sum())
+        if bad:
+            faults.record("nonfinite_reward", f"mixgrpo/reward/{name}",
+                          f"{bad} of {s.numel()} scores not finite; left out of the group statistics", count=bad)
+        if bad == s.numel() and name in trained:
+            raise RunStopped(f"reward {name!r} returned no finite score for a whole batch ({bad} images); "
+                             f"check the reward model (rewards.{name}) and resume the run")
+
+
+@contextlib.contextmanager
+def stop_cleanly(driver) -> Iterator[None]:
+    """Turn a failure the run cannot go on from into :class:`RunStopped`: a failed learner rank
+    (the others are killed, so none waits in a collective) keeps the last complete checkpoint; a
+    reward pool down for ``max_down_s`` first checkpoints the last complete iteration."""
+    resume = f"continue with: mixgrpo-ray train --resume {driver.run_dir.path}"
+    try:
+        yield
+    except LearnerFailed as exc:
+        driver.learners.shutdown()
+        latest = ckpt.latest_checkpoint(driver.run_dir.path)
+        where = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written yet"
+        raise RunStopped(f"{exc}; the run stopped, {where}; {resume}") from None
+    except RewardPoolDown as exc:
+        driver.rewind()
+        path = driver.checkpoint()
+        raise RunStopped(f"{exc}; the run stopped after checkpointing {path}; bring the pool's replicas "
+                         f"back (or fix rewards.{exc.pool}), then {resume}") from None
 
