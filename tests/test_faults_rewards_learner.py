@@ -16,14 +16,12 @@ from mixgrpo_ray.config import resolve  # noqa: E402
 from mixgrpo_ray.run.recovery import RunStopped  # noqa: E402
 from mixgrpo_ray.run.run_dir import RunDir  # noqa: E402
 from mixgrpo_ray.run.training import run  # noqa: E402
+from tests.test_faults_rollout import FAST as ROLLOUT_FAST  # noqa: E402
 from tests.test_faults_rollout import baseline, comparable, local_ray  # noqa: E402,F401 - the fixture
 
-FAST = [
-    "model.path=random", "data.prompts_per_iteration=2", "data.eval_prompts=2", "grpo.group_size=4",
-    "optim.samples_per_update=8", "optim.lr=1e-3", "sampling.num_steps=8", "window.size=2",
-    "window.initial_start=0", "rollout.num_workers=1", "rollout.num_cpus=0.5", "learner.num_cpus=0.5",
-    "rewards.prompt_following.num_cpus=0.25", "rewards.quality.num_cpus=0.25", "rewards.quality.replicas=2",
-    "run.checkpoint_every=1", "run.grid_every=0", "run.grid_prompts=0", "run.progress=false", "run.iterations=12",
+FAST = ROLLOUT_FAST + [  # later overrides win: smaller, one rollout actor, two quality replicas
+    "data.prompts_per_iteration=2", "data.eval_prompts=2", "sampling.num_steps=8", "rollout.num_workers=1",
+    "rewards.quality.replicas=2", "run.checkpoint_every=1", "run.iterations=12",
 ]
 
 
@@ -121,3 +119,29 @@ def test_killed_learner_stops_the_run_in_bounded_time(local_ray, tmp_path):
         run(cfg)
     assert killed_at and time.monotonic() - killed_at[0] < 30, "the stop was not bounded"
     assert len(rows(tmp_path / "lrn")) < 200
+
+
+def test_nonfinite_loss_update_is_dropped_and_counted():
+    from mixgrpo_ray.algo.rollout import sample_groups
+    from mixgrpo_ray.algo.update import GRPOTrainer, update_plan
+    from mixgrpo_ray.config import GRPOConfig, OptimConfig, SamplingConfig
+    from mixgrpo_ray.run.faults import FaultLog
+    from mixgrpo_ray.run.recovery import check_finite_loss
+    from tests.toy_policy import ToyPolicy
+
+    pol = ToyPolicy()
+    out = sample_groups(pol, ["a red circle", "a blue square"], 4, [0, 1], SamplingConfig(num_steps=8), GRPOConfig(), seed=0)
+    before = {k: v.clone() for k, v in pol.trainable_state_dict().items()}
+    adv = torch.ones(8)
+    adv[5] = float("nan")  # one bad sample poisons the loss of its update
+    plan = update_plan(8, 4, 1, seed=0)
+    stats = GRPOTrainer(pol, OptimConfig(lr=1e-2), clip_range=1e-4).train_iteration(out.trajectory, adv, plan)
+    assert stats["nonfinite_samples"] == 4  # the update holding sample 5 was skipped, the other applied
+    after = pol.trainable_state_dict()
+    assert all(torch.isfinite(v).all() for v in after.values())
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    log = FaultLog()
+    check_finite_loss(stats, 8, log)
+    assert log.take()["faults/nonfinite_loss"] == 4
+    with pytest.raises(RunStopped, match="every update of the iteration had a non-finite loss"):
+        check_finite_loss({"nonfinite_samples": 8.0}, 8, log)

@@ -18,6 +18,7 @@ RESUMABLE = (
     "rollout.num_workers", "rollout.max_restarts", "learner.num_workers", "rewards.*.replicas",
     "rewards.*.max_restarts", "rewards.*.timeout_s", "rewards.*.max_down_s",
     "*.num_cpus", "*.num_gpus", "*.resources", "*.resources.*", "ray.*",
+    "rewards.*.options.api_key",  # saved REDACTED; the key comes again from the command line or environment
 )
 
 

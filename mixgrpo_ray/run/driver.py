@@ -28,7 +28,7 @@ from mixgrpo_ray.learner.group import LearnerGroup
 from mixgrpo_ray.rewards.server import RewardPools
 from mixgrpo_ray.run.faults import FaultLog
 from mixgrpo_ray.run.metric_rows import eval_row, iteration_row, rollout_columns
-from mixgrpo_ray.run.recovery import check_finite, collect_rollouts, stop_cleanly
+from mixgrpo_ray.run.recovery import check_finite, check_finite_loss, collect_rollouts, stop_cleanly
 from mixgrpo_ray.run.run_dir import RunDir
 from mixgrpo_ray.run.timing import PhaseTimer
 
@@ -107,7 +107,9 @@ class Driver:
         return adv.reshape(-1)
 
     def train(self, batches: list[RolloutBatch], advantages: torch.Tensor, iteration: int) -> dict:
-        return self.learners.train([b.trajectory for b in batches], advantages, iteration)
+        stats = self.learners.train([b.trajectory for b in batches], advantages, iteration)
+        check_finite_loss(stats, len(advantages), self.faults)
+        return stats
 
     def broadcast(self, bump: bool = True) -> int:
         """Publish the learner's weights once; every rollout actor loads them before sampling."""

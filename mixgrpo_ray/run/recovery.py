@@ -66,6 +66,17 @@ def check_finite(scores: Mapping[str, torch.Tensor], trained: Mapping[str, float
                              f"check the reward model (rewards.{name}) and resume the run")
 
 
+def check_finite_loss(stats: Mapping[str, float], samples: int, faults: FaultLog) -> None:
+    """Count the samples of updates the learner skipped for a non-finite loss; raise RunStopped
+    when every update of the iteration was skipped."""
+    dropped = int(stats.get("nonfinite_samples", 0))
+    faults.record("nonfinite_loss", "mixgrpo/learner/0", f"{dropped} samples dropped: their update's loss/gradient "
+                  "was not finite", count=dropped)
+    if dropped and dropped >= samples:
+        raise RunStopped(f"every update of the iteration had a non-finite loss ({dropped} samples); the weights "
+                         "were left unchanged; lower optim.lr or check the model and rewards, then resume")
+
+
 @contextlib.contextmanager
 def stop_cleanly(driver) -> Iterator[None]:
     """Turn a failure the run cannot go on from into :class:`RunStopped`: a failed learner rank
