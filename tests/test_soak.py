@@ -58,9 +58,15 @@ def test_soak_memory_and_object_store_stay_flat(local_ray, tmp_path):
     finally:
         driver.shutdown()
     assert len(samples) == ITERATIONS
-    warm_rss, (warm_bytes, warm_objects) = samples[WARM_UP - 1]
-    for rss, (used, objects) in samples[WARM_UP:]:
+    warm_rss = samples[WARM_UP - 1][0]
+    for rss, _ in samples[WARM_UP:]:
         growth = [r - w for r, w in zip(rss, warm_rss)]
         assert max(growth) < RSS_BOUND_MB, f"actor memory grew by {growth} MB"
-        assert objects <= warm_objects + 4 and used <= warm_bytes + 4 * 2**20, (used, objects, warm_bytes, warm_objects)
+    # the object store rises and falls as Ray frees unreferenced objects; it must not trend up:
+    # the second half after warm-up never holds more than the first half's peak
+    stores = [store for _, store in samples[WARM_UP:]]
+    half = len(stores) // 2
+    peak_bytes, peak_objects = max(b for b, _ in stores[:half]), max(n for _, n in stores[:half])
+    for used, objects in stores[half:]:
+        assert used <= peak_bytes + 2**20 and objects <= peak_objects, (stores, peak_bytes, peak_objects)
     assert len(list((tmp_path / "soak" / "checkpoints").glob("iter_*"))) == 1
