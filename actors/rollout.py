@@ -55,8 +55,9 @@ class RolloutWorker:
         return os.getpid()
 
     def _use(self, version: int, weights: list) -> None:
-        """Hold weight ``version`` before sampling: load ``weights`` unless already loaded."""
-        if not self._loaded or version != self.weight_version:
+        """Hold weight ``version`` before sampling: load ``weights`` unless already loaded (none
+        published yet: the initial weights)."""
+        if weights and weights[0] is not None and (not self._loaded or version != self.weight_version):
             self.set_weights(version, weights)
 
     def set_weights(self, version: int, state_ref: list) -> int:

@@ -14,14 +14,14 @@ import torch
 
 from mixgrpo_ray.algo.update import update_plan
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
-from mixgrpo_ray.cluster.retry import GroupCallFailed, describe, get_all_or_stop
+from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop
 from mixgrpo_ray.common.seeds import update_plan_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
 
 
 class LearnerFailed(RuntimeError):
-    """A learner rank failed (its process died, or its call raised); the group cannot go on."""
+    """A learner rank's process died; the group cannot go on."""
 
 
 class LearnerGroup(ActorGroup):
@@ -57,11 +57,14 @@ class LearnerGroup(ActorGroup):
         return self.get_together("train", list(trajectory_refs), advantages, plan, self.max_staleness)[0]
 
     def get_together(self, method: str, *args) -> list:
-        """``method`` on every rank; when one rank fails the group stops at once (no rank is
-        left waiting in a collective) and :class:`LearnerFailed` names it."""
+        """``method`` on every rank, returning as soon as one rank fails: a rank whose process
+        died raises :class:`LearnerFailed` naming it (the caller stops the group, so no rank is
+        left waiting in a collective); a rank that raised re-raises its error."""
         try:
             return get_all_or_stop(self.call_all(method, *args))
         except GroupCallFailed as exc:
+            if not actor_died(exc.error):
+                raise exc.error from None
             raise LearnerFailed(f"learner {actor_name('learner', exc.index)} failed: {describe(exc.error)}") from exc.error
 
     def publish(self, bump: bool = True) -> tuple[int, list]:
