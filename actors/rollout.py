@@ -4,20 +4,27 @@ ObjectRefs.
 ``sample`` returns three objects (``num_returns=3``): the images (uint8), the trajectory of the
 trained steps (fp32) and a :class:`~mixgrpo_ray.algo.rollout.RolloutMeta`. The driver forwards
 the first two, unopened, to the reward servers and the learners; it only reads the metadata.
+
+Every sampling call names the weight version it must use and carries the published weights'
+ObjectRef, and its noise comes from the call's own seed; so a call is safe to repeat: an actor
+that Ray restarted after its process died (``rollout.max_restarts``) loads that version first and
+redoes the call bit-identically, and a call whose actor cannot come back runs on another actor.
 """
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ray
 import torch
 
 from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
 from mixgrpo_ray.cluster import metrics as ray_metrics
-from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
+from mixgrpo_ray.cluster.retry import actor_died, get_each
 from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
@@ -38,98 +45,161 @@ class RolloutWorker:
         self.policy.train(False)
         self.sampling, self.grpo = sampling, grpo
         self.weight_version = 0
+        self._loaded = False  # published weights loaded since this process started
         self._metrics = ray_metrics.RolloutMetrics(index)
 
     def version(self) -> int:
         """The weight version this actor samples with."""
         return self.weight_version
 
+    def pid(self) -> int:
+        """This actor's process id (it changes when Ray restarts the actor)."""
+        return os.getpid()
+
+    def _use(self, version: int, weights: list) -> None:
+        """Hold weight ``version`` before sampling: load ``weights`` unless already loaded (none
+        published yet: the initial weights)."""
+        if weights and weights[0] is not None and (not self._loaded or version != self.weight_version):
+            self.set_weights(version, weights)
+
     def set_weights(self, version: int, state_ref: list) -> int:
         """Load published weights (``state_ref`` is ``[ObjectRef]``, fetched here, not by the driver)."""
         state = ray.get(state_ref[0]) if isinstance(state_ref[0], ray.ObjectRef) else state_ref[0]
         self.policy.load_trainable_state_dict(state)
         self.weight_version = int(version)
+        self._loaded = True
         self._metrics.version(self.weight_version)
         return self.weight_version
 
     @ray.method(num_returns=3)
-    def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int):
-        """``grpo.group_size`` images per prompt; returns (images, trajectory, RolloutMeta)."""
+    def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int, version: int, weights: list):
+        """``grpo.group_size`` images per prompt with weight ``version`` (published as
+        ``weights``, ``[ObjectRef]``); returns (images, trajectory, RolloutMeta)."""
+        self._use(version, weights)
         t0 = time.perf_counter()
         out = sample_groups(self.policy, prompts, self.grpo.group_size, window, self.sampling, self.grpo,
                             seed=seed, version=self.weight_version)
         elapsed = time.perf_counter() - t0
         meta = RolloutMeta(worker=self.index, version=self.weight_version, nfe=out.nfe,
                            num_images=int(out.images.shape[0]),
-                           num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed)
+                           num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed, pid=os.getpid())
         self._metrics.sampled(meta.num_images, out.nfe, elapsed)
         return out.images, out.trajectory, meta
 
-    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
-        """Deterministic ODE images (full Euler schedule) for evaluation, uint8; the policy sees at
-        most ``data.eval_batch_size`` images at once."""
+    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int], version: int, weights: list) -> torch.Tensor:
+        """Deterministic ODE images (full Euler schedule) with weight ``version``, uint8; the policy
+        sees at most ``data.eval_batch_size`` images at once."""
+        self._use(version, weights)
         return sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps, shift=self.sampling.shift,
                              batch_size=self.eval_batch_size)
 
-    def grid_png(self, prompts: Sequence[str], seed: int, title: str = "") -> bytes:
+    def grid_png(self, prompts: Sequence[str], seed: int, version: int, weights: list, title: str = "") -> bytes:
         """A captioned PNG grid of one deterministic image per prompt."""
-        images = self.sample_eval(prompts, [seed + i for i in range(len(prompts))])
+        images = self.sample_eval(prompts, [seed + i for i in range(len(prompts))], version, weights)
         return grid_png(images, list(prompts), title=title)
 
 
 class RolloutWorkers(ActorGroup):
     """``rollout.num_workers`` actors ``mixgrpo/rollout/<i>``; an iteration's prompts are split
-    over them (or cut into calls of ``rollout.prompts_per_call`` prompts). ``eval_batch`` is
-    ``data.eval_batch_size`` (0: the model's default)."""
+    into ``num_workers`` calls (or calls of ``rollout.prompts_per_call`` prompts), call ``c`` on
+    live actor ``c mod live``. The calls and their seeds never depend on which actors are alive, so
+    a call redone elsewhere gives the same samples. ``eval_batch`` is ``data.eval_batch_size`` (0:
+    the model's default)."""
 
     def __init__(self, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig, rollout: RolloutConfig,
                  seed: int, eval_batch: int = 0) -> None:
         super().__init__(spawn_actors(
             RolloutWorker, "rollout", rollout.num_workers, rollout,
             lambda i: (i, model, sampling, grpo, rollout, seed, eval_batch),
+            max_restarts=rollout.max_restarts, max_task_retries=rollout.max_restarts,
         ))
         self.eval_batch_size = eval_batch_size(model, eval_batch)
         self.prompts_per_call = rollout.prompts_per_call
+        self.num_calls = rollout.num_workers
         self.group_size = grpo.group_size
         self.seed = seed
+        self.live = list(range(len(self.actors)))  # indices of actors that can still take calls
+        self.pids = self.get_all("pid")
+        self.version, self.weights = 0, [None]  # the published weights every call names
 
     def calls(self, prompts: list) -> list[list]:
         """The prompts of each sampling call, in order."""
         if self.prompts_per_call:
             n = self.prompts_per_call
             return [prompts[i : i + n] for i in range(0, len(prompts), n)]
-        return split_evenly(prompts, len(self.actors))
+        return split_evenly(prompts, self.num_calls)
+
+    def actor_for(self, call: int) -> int:
+        if not self.live:
+            raise RuntimeError("every rollout actor is dead and cannot be restarted (rollout.max_restarts)")
+        return self.live[call % len(self.live)]
+
+    def submit(self, call: int, chunk: list[str], window: Sequence[int], iteration: int) -> tuple:
+        """Start sampling call ``call`` of ``iteration``: ``(prompts, images_ref, trajectory_ref,
+        meta_ref)``, each prompt repeated ``group_size`` times (one per image)."""
+        actor = self.actors[self.actor_for(call)]
+        images, traj, meta = actor.sample.remote(chunk, list(window), rollout_seed(self.seed, iteration, call),
+                                                 self.version, self.weights)
+        return [p for p in chunk for _ in range(self.group_size)], images, traj, meta
 
     def sample(self, prompts: list[str], window: Sequence[int], iteration: int) -> list[tuple]:
-        """Start every sampling call; returns ``(prompts, images_ref, trajectory_ref, meta_ref)``
-        per call, with each prompt repeated ``group_size`` times (one per image)."""
-        out = []
-        for c, chunk in enumerate(self.calls(prompts)):
-            actor = self.actors[c % len(self.actors)]
-            images, traj, meta = actor.sample.remote(chunk, list(window), rollout_seed(self.seed, iteration, c))
-            out.append(([p for p in chunk for _ in range(self.group_size)], images, traj, meta))
-        return out
+        """Start every sampling call of ``iteration`` (see :meth:`submit`)."""
+        return [self.submit(c, chunk, window, iteration) for c, chunk in enumerate(self.calls(prompts))]
+
+    def restarted(self, metas: Sequence[RolloutMeta]) -> list[str]:
+        """Names of the actors whose process changed since it was last seen (Ray restarted them)."""
+        names = []
+        for m in metas:
+            if m.pid and m.pid != self.pids[m.worker]:
+                self.pids[m.worker] = m.pid
+                names.append(actor_name("rollout", m.worker))
+        return names
+
+    def drop(self, index: int) -> None:
+        """Take actor ``index`` out of the rotation (it died and cannot be restarted)."""
+        if index in self.live:
+            self.live.remove(index)
+
+    def dead_of(self, error: BaseException) -> list[int]:
+        """The live actors that are gone for good, after a call failed with ``error``."""
+        if not actor_died(error):
+            return []
+        states = get_each([self.actors[i].pid.remote() for i in self.live], timeout_s=60)
+        return [i for i, st in zip(list(self.live), states) if isinstance(st, BaseException) and actor_died(st)]
 
     def sample_eval(self, prompts: list[str], seeds: list[int]) -> list[tuple[list[str], ray.ObjectRef]]:
-        """Evaluation images of every (prompt, seed) pair, spread evenly over the actors in calls
-        of at most ``eval_batch_size`` images (in order): ``(prompts, images_ref)`` per call."""
+        """Evaluation images of every (prompt, seed) pair, spread evenly over the live actors in
+        calls of at most ``eval_batch_size`` images (in order): ``(prompts, images_ref)`` per call."""
         pairs = list(zip(prompts, seeds))
         out = []
-        for c, share in enumerate(split_evenly(pairs, len(self.actors))):
+        for c, share in enumerate(split_evenly(pairs, len(self.live))):
+            actor = self.actors[self.actor_for(c)]
             for start in range(0, len(share), self.eval_batch_size):
                 chunk = share[start : start + self.eval_batch_size]
                 ps = [p for p, _ in chunk]
-                out.append((ps, self.actors[c].sample_eval.remote(ps, [s for _, s in chunk])))
+                out.append((ps, actor.sample_eval.remote(ps, [s for _, s in chunk], self.version, self.weights)))
         return out
 
-    def load_weights(self, version: int, state_ref: list) -> None:
-        """Every actor loads the published weights; raises unless all report ``version``."""
-        loaded = self.get_all("set_weights", version, state_ref)
-        if set(loaded) != {version}:
-            raise RuntimeError(f"rollout actors hold versions {loaded}, expected {version}")
+    def load_weights(self, version: int, state_ref: list, on_gone: Callable[[str], None] = lambda name: None) -> None:
+        """Every live actor loads the published weights (and every later call names them);
+        an actor that died for good is dropped (``on_gone(name)``); raises unless all others
+        report ``version``."""
+        self.version, self.weights = version, list(state_ref)
+        live = list(self.live)
+        loaded = get_each([self.actors[i].set_weights.remote(version, state_ref) for i in live])
+        for i, got in zip(live, loaded):
+            if isinstance(got, BaseException):
+                if not actor_died(got):
+                    raise got
+                self.drop(i)
+                on_gone(actor_name("rollout", i))
+            elif got != version:
+                raise RuntimeError(f"rollout actor {i} holds version {got}, expected {version}")
+        self.actor_for(0)  # raises when none is left
 
     def grid_png(self, prompts: list[str], seed: int, title: str) -> bytes:
-        return ray.get(self.actors[0].grid_png.remote(prompts, seed, title))
+        actor = self.actors[self.actor_for(0)]
+        return ray.get(actor.grid_png.remote(prompts, seed, self.version, self.weights, title))
 
 
 def split_evenly(items: list, parts: int) -> list[list]:

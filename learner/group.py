@@ -13,10 +13,15 @@ import ray
 import torch
 
 from mixgrpo_ray.algo.update import update_plan
-from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
+from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop
 from mixgrpo_ray.common.seeds import update_plan_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
+
+
+class LearnerFailed(RuntimeError):
+    """A learner rank's process died; the group cannot go on."""
 
 
 class LearnerGroup(ActorGroup):
@@ -50,11 +55,22 @@ class LearnerGroup(ActorGroup):
     def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int) -> dict:
         """Run the iteration's updates on all ranks; returns rank 0's statistics."""
         plan = self.plan(len(advantages), iteration)
-        return self.get_all("train", list(trajectory_refs), advantages, plan, self.max_staleness,
-                            self.max_importance_weight)[0]
+        return self.get_together("train", list(trajectory_refs), advantages, plan, self.max_staleness,
+                                 self.max_importance_weight)[0]
+
+    def get_together(self, method: str, *args) -> list:
+        """``method`` on every rank, returning as soon as one rank fails: a rank whose process
+        died raises :class:`LearnerFailed` naming it (the caller stops the group, so no rank is
+        left waiting in a collective); a rank that raised re-raises its error."""
+        try:
+            return get_all_or_stop(self.call_all(method, *args))
+        except GroupCallFailed as exc:
+            if not actor_died(exc.error):
+                raise exc.error from None
+            raise LearnerFailed(f"learner {actor_name('learner', exc.index)} failed: {describe(exc.error)}") from exc.error
 
     def publish(self, bump: bool = True) -> tuple[int, list]:
-        results = self.get_all("publish", bump)
+        results = self.get_together("publish", bump)
         versions = {v for v, _ in results}
         if len(versions) != 1:
             raise RuntimeError(f"learner ranks disagree on the weight version: {sorted(versions)}")
@@ -64,4 +80,4 @@ class LearnerGroup(ActorGroup):
         ray.get(self.actors[0].save_checkpoint.remote(directory))
 
     def load_checkpoint(self, directory: str) -> int:
-        return self.get_all("load_checkpoint", directory)[0]
+        return self.get_together("load_checkpoint", directory)[0]

@@ -24,17 +24,21 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Sequence
 
 import torch
 from PIL import Image
 
+from mixgrpo_ray.config.root import REDACTED
 from mixgrpo_ray.models.reward import RewardModel, as_uint8
 from mixgrpo_ray.rewards.unified_prompts import SCORE_MAX, SCORE_MIN, build_question, check_template, parse_score
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("http", "local")
+API_KEY_ENV = "UNIFIEDREWARD_API_KEY"  # the judge's API key, when not in the config
+BASE_URL_ENV = "UNIFIEDREWARD_BASE_URL"  # the judge's endpoint, when not in the config
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -84,9 +88,15 @@ class UnifiedRewardReward(RewardModel):
     ):
         self.template = check_template(template)
         self.backend = backend
+        # the endpoint and key may come from the environment instead of the config; a key is
+        # never written to config.yaml (REDACTED there), logs, metrics or error messages
+        base_url = base_url or os.environ.get(BASE_URL_ENV)
+        if api_key in (None, "", REDACTED):
+            api_key = os.environ.get(API_KEY_ENV) or None
         if backend == "http":
             if not base_url:
-                raise ValueError("unifiedreward backend 'http' needs base_url (e.g. http://judge-host:8000/v1)")
+                raise ValueError(f"unifiedreward backend 'http' needs base_url (e.g. http://judge-host:8000/v1) "
+                                 f"in rewards.<name>.options or the {BASE_URL_ENV} environment variable")
             from mixgrpo_ray.rewards.unified_http import OpenAIChatJudge
 
             self.judge = OpenAIChatJudge(

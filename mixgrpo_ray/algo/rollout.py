@@ -32,6 +32,7 @@ class RolloutMeta:
     num_images: int
     num_trained_steps: int  # recorded SDE steps per image (the policy's NFE when training)
     time_s: float
+    pid: int = 0  # process of the actor that sampled (a new one after a restart)
 
 
 @dataclass

@@ -123,7 +123,9 @@ class GRPOTrainer:
 
         ``trajectory`` and ``advantages`` hold all samples of the iteration (global indices).
         Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
-        policy still equals the sampling policy (ratio 1 up to numerical noise).
+        policy still equals the sampling policy (ratio 1 up to numerical noise). An update whose
+        (all-reduced) gradient is not finite is skipped, identically on every rank, and its
+        samples counted in ``nonfinite_samples``.
 
         ``proximal`` (rollouts sampled with older weights, the async pipeline): the clip acts on
         the ratio to the log-probs of the weights this iteration starts from, and the truncated
@@ -135,6 +137,7 @@ class GRPOTrainer:
         totals: dict[str, float] = {}
         first: dict[str, float] = {}
         k = trajectory.num_trained_steps
+        skipped = 0
         for u, per_rank in enumerate(plan):
             idx = list(per_rank[self.rank])
             batch = trajectory.select(idx)
@@ -162,7 +165,10 @@ class GRPOTrainer:
                         step_stats[key] = step_stats.get(key, 0.0) + val / k
             self._all_reduce_mean_grads()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim.max_grad_norm)
-            self.optimizer.step()
+            if torch.isfinite(grad_norm):
+                self.optimizer.step()
+            else:  # a non-finite loss: drop this update's samples rather than poison the weights
+                skipped += sum(len(r) for r in per_rank)
             step_stats["grad_norm"] = float(grad_norm)
             if u == 0:
                 first = {f"first_{key}": val for key, val in step_stats.items() if key.startswith("ratio")}
@@ -170,5 +176,6 @@ class GRPOTrainer:
                 totals[key] = totals.get(key, 0.0) + val / len(plan)
         self.optimizer.zero_grad(set_to_none=True)
         totals["updates"] = float(len(plan))
+        totals["nonfinite_samples"] = float(skipped)
         totals.update(first)
         return totals

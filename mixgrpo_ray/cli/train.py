@@ -12,20 +12,19 @@ import argparse
 import math
 import os
 import sys
-from pathlib import Path
 
 from mixgrpo_ray.config import (
     Config,
     ConfigError,
-    apply_override,
     check_cluster_resources,
-    from_dict,
-    load_preset,
-    parse_override,
     preset_names,
     required_resources,
     resolve,
 )
+from mixgrpo_ray.common.checkpoint import CheckpointError
+from mixgrpo_ray.run.preflight import check_inputs
+from mixgrpo_ray.run.recovery import RunStopped
+from mixgrpo_ray.run.resume import check_checkpoint, resume_config
 from mixgrpo_ray.run.training import run
 
 PROG = "mixgrpo-ray train"
@@ -39,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", action="append", default=[], metavar="PRESET_OR_PATH",
                    help="preset name or YAML path; repeat to layer (default: tiny)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint; "
+                   "'auto': continue run.output_dir/run.name if it exists, else start it (re-submittable jobs)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="place one light probe actor per role with the role's resources, print each role's device, "
@@ -49,14 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def resolve_config(args: argparse.Namespace) -> Config:
+    """The run's config; sets ``args.run_dir`` to the run to continue (None: a new run)."""
+    args.run_dir = None
     if args.resume:
-        cfg_path = Path(args.resume) / "config.yaml"
-        if not cfg_path.is_file():
-            raise ConfigError(f"--resume {args.resume}: no config.yaml there; pass the directory of an earlier run")
-        data = load_preset(str(cfg_path))
-        for text in args.overrides:
-            data = apply_override(data, *parse_override(text))
-        return from_dict(data)
+        cfg, args.run_dir = resume_config(args.resume, args.config, args.overrides)
+        return cfg
     return resolve(args.config or None, args.overrides)
 
 
@@ -74,7 +71,7 @@ def connect_ray(cfg: Config):
     custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
     ctx = ray.init(
         address="local", num_cpus=num_cpus, namespace=cfg.ray.namespace,
-        resources=custom or None, include_dashboard=cfg.ray.dashboard, log_to_driver=True,
+        resources=custom or None, include_dashboard=cfg.ray.dashboard, dashboard_host="127.0.0.1", log_to_driver=True,
     )
     if cfg.ray.dashboard and getattr(ctx, "dashboard_url", None):
         print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
@@ -85,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(args)
-    except ConfigError as exc:
+        if args.print_config:
+            print(cfg.to_yaml())
+            return 0
+        check_inputs(cfg)
+        check_checkpoint(args.run_dir)
+    except (ConfigError, CheckpointError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    if args.print_config:
-        print(cfg.to_yaml())
-        return 0
     from mixgrpo_ray.run.loggers import LoggerError, check_loggers
 
     try:
@@ -101,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ray = connect_ray(cfg)
     try:
-        try:
-            check_cluster_resources(cfg, ray.cluster_resources())
-        except ConfigError as exc:
-            print(f"{PROG}: error: {exc}", file=sys.stderr)
-            return 2
+        check_cluster_resources(cfg, ray.cluster_resources())
         if args.dry_run:
             from mixgrpo_ray.run.dry_run import dry_run
 
@@ -114,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
             if code:
                 print(f"{PROG}: error: a role cannot be placed as configured (see ERROR above)", file=sys.stderr)
             return code
-        return run(cfg, resume=args.resume)
+        return run(cfg, resume=args.run_dir)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except RunStopped as exc:  # a fault the run cannot go on from: stopped cleanly, resumable
+        print(f"{PROG}: stopped: {exc}", file=sys.stderr)
+        return 1
     finally:
         ray.shutdown()
 

@@ -48,10 +48,15 @@ def spawn_actors(
     *,
     max_concurrency: int = 1,
     wait: bool = True,
+    max_restarts: int = 0,
+    max_task_retries: int = 0,
 ) -> list:
     """``count`` actors of ``cls`` named ``mixgrpo/<role>/<i>``; actor ``i`` is constructed with
     ``args(i)``. With ``wait`` every constructor has finished (and raised, if it failed) on return;
-    on failure the actors already started are killed."""
+    on failure the actors already started are killed. ``max_restarts``: how often Ray restarts an
+    actor whose process died (its constructor runs again); ``max_task_retries``: how often a call
+    that was running or queued on it is retried on the restarted actor (only for roles whose
+    calls are safe to repeat)."""
     remote_cls = ray.remote(cls)
     handles = []
     try:
@@ -64,6 +69,8 @@ def spawn_actors(
                     resources=dict(resources.resources) or None,
                     max_concurrency=max_concurrency,
                     namespace=_NAMESPACE.get(),
+                    max_restarts=max_restarts,
+                    max_task_retries=max_task_retries,
                 ).remote(*args(i))
             )
         if wait:
@@ -75,10 +82,11 @@ def spawn_actors(
 
 
 def kill_actors(actors: Sequence, timeout_s: float = 30.0) -> None:
-    """Kill ``actors`` and wait until each is dead, so its name can be taken again."""
+    """Kill ``actors`` (for good, no restart) and wait until each is dead, so its name can be
+    taken again."""
     for actor in actors:
         try:
-            ray.kill(actor)
+            ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already gone
             pass
     deadline = time.monotonic() + timeout_s

@@ -108,3 +108,15 @@ class DriverMetrics:
             elif key.startswith("time/") and key.endswith("_s") and key != "time/iteration_s":
                 self.phase.observe(float(val), tags={"phase": key[5:-2]})
         self.iterations.inc()
+
+
+class FaultMetrics:
+    """Faults the run handled, by kind (``mixgrpo_faults{kind=...}``)."""
+
+    def __init__(self) -> None:
+        self.faults = _m.Counter("mixgrpo_faults", "faults handled (actor restarts, retries, dropped samples)",
+                                 tag_keys=("kind",))
+
+    def record(self, kind: str, count: int = 1) -> None:
+        if count:
+            self.faults.inc(count, tags={"kind": kind})

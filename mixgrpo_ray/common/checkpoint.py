@@ -3,16 +3,19 @@
     RUN/checkpoints/iter_000050/    a complete checkpoint (renamed into place when whole)
         weights.safetensors         the trainable weights (metadata: version)
         optimizer.pt                optimiser state, weight version, torch RNG (tensors only)
-        state.json                  the driver's state; its presence marks the checkpoint complete
+        state.json                  the driver's state and a sha256 per file; its presence marks
+                                    the checkpoint complete
     RUN/checkpoints/.iter_000050.partial/   staging while a checkpoint is written
     RUN/checkpoints/latest          the name of the newest complete checkpoint
 
 Nothing is unpickled on load: weights are safetensors and the optimiser file is read with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. :func:`verify` checks every file against the checksum
+recorded when the checkpoint was committed, so a corrupt or truncated file is reported by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -68,15 +71,48 @@ def staging_dir(run: Path, iteration: int) -> Path:
 
 
 def commit(run: Path, staging: Path, iteration: int, state: Mapping[str, Any]) -> Path:
-    """Write the driver ``state`` into ``staging``, rename it into place (atomic) and point
-    ``latest`` at it."""
-    atomic_write_text(Path(staging) / STATE_FILE, json.dumps(dict(state), indent=2))
+    """Write the driver ``state`` (with a checksum of every file in ``staging``) into
+    ``staging``, rename it into place (atomic) and point ``latest`` at it."""
+    files = {p.name: sha256(p) for p in sorted(Path(staging).iterdir()) if p.is_file() and p.name != STATE_FILE}
+    atomic_write_text(Path(staging) / STATE_FILE, json.dumps({**dict(state), "files": files}, indent=2))
     final = checkpoints_dir(run) / checkpoint_name(iteration)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
     atomic_write_text(checkpoints_dir(run) / LATEST_MARKER, final.name)
     return final
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(checkpoint: Path) -> None:
+    """Raise CheckpointError naming the first file of ``checkpoint`` that is missing or whose
+    content differs from the checksum recorded at commit."""
+    for name, digest in read_state(checkpoint).get("files", {}).items():
+        path = Path(checkpoint) / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint file {path} is missing; restore it or delete {checkpoint} to resume from an earlier checkpoint")
+        if sha256(path) != digest:
+            raise CheckpointError(f"checkpoint file {path} is corrupt or truncated (checksum mismatch); "
+                                  f"delete {checkpoint} to resume from an earlier checkpoint")
+
+
+def prune(run: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints of ``run`` (``keep`` 0: none);
+    returns the deleted folders."""
+    if keep <= 0:
+        return []
+    done = sorted(p for p in checkpoints_dir(run).glob("iter_*") if is_complete(p))
+    old = done[:-keep]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
 
 
 def read_state(checkpoint: Path) -> dict:

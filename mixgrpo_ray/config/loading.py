@@ -32,7 +32,10 @@ def load_preset(name_or_path: str) -> dict:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist; pass a preset name ({', '.join(preset_names())}) or a YAML path")
-        text = path.read_text()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {str(path)!r} cannot be read ({exc.__class__.__name__}); save it as UTF-8 YAML") from None
     else:
         res = resources.files(PRESET_PACKAGE) / f"{name_or_path}.yaml"
         if not res.is_file():

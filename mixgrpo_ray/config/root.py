@@ -19,6 +19,11 @@ from mixgrpo_ray.config.sections import (
 )
 
 
+#: reward options that are secrets: shown as REDACTED in config.yaml and --print-config
+SECRET_OPTIONS = ("api_key",)
+REDACTED = "<redacted>"
+
+
 class Config(Section):
     """A whole run configuration (what ``--print-config`` prints and ``RUN/config.yaml`` holds)."""
 
@@ -39,7 +44,13 @@ class Config(Section):
         return self.model_dump()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML, with secret reward options (API keys) replaced by REDACTED."""
+        data = self.to_dict()
+        for spec in data["rewards"].values():
+            for key in SECRET_OPTIONS:
+                if spec["options"].get(key):
+                    spec["options"][key] = REDACTED
+        return yaml.safe_dump(data, sort_keys=False)
 
     @field_validator("rewards", mode="before")
     @classmethod

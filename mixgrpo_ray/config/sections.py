@@ -180,6 +180,7 @@ class RolloutConfig(ActorResources):
     section_key: ClassVar[str] = "rollout"
     num_workers: Int = Field(1, ge=1)
     prompts_per_call: Int = 0  # 0 = a worker's whole share in one call
+    max_restarts: Int = Field(3, ge=0)  # Ray restarts of a dead actor (its call is redone); then others take its share
 
 
 class RewardConfig(ActorResources):
@@ -195,6 +196,9 @@ class RewardConfig(ActorResources):
     replicas: Int = Field(1, ge=1)
     batch_size: Int = Field(64, ge=1)
     options: dict = Field(default_factory=dict)  # keyword arguments of the reward model
+    max_restarts: Int = Field(3, ge=0)  # Ray restarts of a dead replica
+    timeout_s: Float = Field(0.0, ge=0)  # a scoring request taking longer is retried elsewhere (0 = no limit)
+    max_down_s: Float = Field(300.0, gt=0)  # no replica answering for this long stops the run (checkpointed)
 
     @field_validator("target")
     @classmethod
@@ -237,6 +241,8 @@ class RunConfig(Section):
     output_dir: Str = "runs"
     name: Str = ""
     checkpoint_every: Int = Field(50, ge=0)
+    checkpoint_every_s: Float = Field(0.0, ge=0)  # also checkpoint when this many seconds passed (0 = off)
+    keep_checkpoints: Int = Field(0, ge=0)  # keep only the newest N complete checkpoints (0 = all)
     grid_every: Int = Field(50, ge=0)
     eval_every: Int = Field(0, ge=0)  # 0 = evaluate only before and after training
     grid_prompts: Int = Field(8, ge=0)

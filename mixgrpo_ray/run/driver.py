@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -26,7 +27,9 @@ from mixgrpo_ray.core.window import SlidingWindow
 from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
 from mixgrpo_ray.learner.group import LearnerGroup
 from mixgrpo_ray.rewards.server import RewardPools
+from mixgrpo_ray.run.faults import FaultLog
 from mixgrpo_ray.run.metric_rows import eval_row, iteration_row, rollout_columns
+from mixgrpo_ray.run.recovery import check_finite, check_finite_loss, collect_rollouts, stop_cleanly
 from mixgrpo_ray.run.run_dir import RunDir
 from mixgrpo_ray.run.timing import PhaseTimer
 
@@ -38,6 +41,7 @@ class PendingRollout:
     iteration: int
     window: list[int]
     batches: list
+    sampler_before: dict  # the prompt sampler's state before this iteration drew its prompts
 
 
 @dataclasses.dataclass
@@ -52,11 +56,12 @@ class RolloutBatch:
 
 
 class Driver:
-    def __init__(self, cfg: Config, run_dir: RunDir) -> None:
+    def __init__(self, cfg: Config, run_dir: Optional[RunDir] = None) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.window = SlidingWindow(num_steps=cfg.sampling.num_steps, seed=cfg.run.seed, **vars(cfg.window))
         self.sampler = PromptSampler(load_prompts(cfg.data.train), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
+        self.sampler_before: Optional[dict] = None  # set while an iteration is under way
         eval_prompts = load_prompts(cfg.data.eval)
         self.eval_prompts = eval_prompts[: cfg.data.eval_prompts] if cfg.data.eval_prompts else eval_prompts
         # grid prompts spread evenly over the held-out set (it is ordered by attributes)
@@ -68,6 +73,8 @@ class Driver:
         self.last_iteration = cfg.run.iterations
         self._next: Optional[PendingRollout] = None  # async pipeline: the next iteration, already sampling
         self.timer = PhaseTimer()
+        self.faults = FaultLog()
+        self.checkpointed_at = time.monotonic()
         self.rollout: Optional[RolloutWorkers] = None
         self.rewards: Optional[RewardPools] = None
         self.learners: Optional[LearnerGroup] = None
@@ -88,38 +95,49 @@ class Driver:
     def sample(self, prompts: list[str], window: list[int], iteration: int) -> list[RolloutBatch]:
         """Start every rollout call and, for each, its scoring at every reward pool (Ray runs a
         scoring request as soon as that call's images exist)."""
-        return [
-            RolloutBatch(ps, images, traj, meta, self.rewards.submit(images, ps))
-            for ps, images, traj, meta in self.rollout.sample(prompts, window, iteration)
-        ]
+        return [self._scored(*call) for call in self.rollout.sample(prompts, window, iteration)]
+
+    def _scored(self, prompts: list[str], images, trajectory, meta) -> RolloutBatch:
+        return RolloutBatch(prompts, images, trajectory, meta, self.rewards.submit(images, prompts))
+
+    def collect(self, batches: list[RolloutBatch], window: list[int], iteration: int) -> list[RolloutMeta]:
+        """Wait for the rollout calls; a call whose actor is gone for good is redone on another."""
+        chunks = [b.prompts[:: self.cfg.grpo.group_size] for b in batches]
+        return collect_rollouts(self.rollout, batches,
+                                lambda c: self._scored(*self.rollout.submit(c, chunks[c], window, iteration)), self.faults)
 
     def score(self, batches: list[RolloutBatch]) -> dict[str, torch.Tensor]:
-        """Every reward's scores, flat in sample order."""
-        return {name: torch.cat(ray.get([b.scores[name] for b in batches])) for name in self.rewards}
+        """Every reward's scores, flat in sample order (failed replicas and timeouts retried)."""
+        return self.rewards.gather([b.scores for b in batches], self.faults.record)
 
     def advantages(self, scores: dict[str, torch.Tensor]) -> torch.Tensor:
         """Group-relative advantages over the trained rewards (docs/algorithm.md eqs. (29)-(31)),
-        flat in sample order; NaN scores of a reward that may fail are left out."""
-        return batch_advantages(scores, self.weights, self.cfg.grpo, self.can_fail())
+        flat in sample order; non-finite scores are left out of their reward's statistics and counted."""
+        check_finite(scores, self.weights, self.faults)
+        return batch_advantages(scores, self.weights, self.cfg.grpo, {n: True for n in self.weights})
 
     def can_fail(self) -> dict[str, bool]:
-        """Which rewards may return NaN for an image (their failures are counted, not fatal)."""
+        """Which rewards may return NaN for an image by design (their failures are reported per row)."""
         return {name: pool.can_fail for name, pool in self.rewards.items()}
 
     def train(self, batches: list[RolloutBatch], advantages: torch.Tensor, iteration: int) -> dict:
-        return self.learners.train([b.trajectory for b in batches], advantages, iteration)
+        stats = self.learners.train([b.trajectory for b in batches], advantages, iteration)
+        check_finite_loss(stats, len(advantages), self.faults)
+        return stats
 
     def broadcast(self, bump: bool = True) -> int:
         """Publish the learner's weights once; every rollout actor loads them before sampling."""
         version, ref = self.learners.publish(bump=bump)
-        self.rollout.load_weights(version, ref)
+        self.rollout.load_weights(version, ref, on_gone=lambda name: self.faults.record(
+            "rollout_reassigned", name, "died and cannot be restarted; the other actors take its calls"))
         self.version = version
         return version
 
     def start_rollout(self, iteration: int, window: list[int]) -> PendingRollout:
         """Draw the iteration's prompts and start its sampling (and scoring)."""
+        before = self.sampler.state_dict()
         prompts = self.sampler.next_batch(self.cfg.data.prompts_per_iteration)
-        return PendingRollout(iteration, window, self.sample(prompts, window, iteration))
+        return PendingRollout(iteration, window, self.sample(prompts, window, iteration), before)
 
     def prefetch_allowed(self, iteration: int) -> bool:
         """``run.pipeline=async``: may the next iteration be sampled now, with the current weights,
@@ -133,12 +151,15 @@ class Driver:
     def run_iteration(self) -> dict:
         """One iteration of the five phases; returns its metrics row."""
         it = self.iteration + 1
-        pending = self._next if self._next is not None else self.start_rollout(it, self.window.current())
-        self._next = None
+        if self._next is not None:  # async: sampled (and being scored) while the learner trained
+            pending, self._next = self._next, None
+        else:
+            pending = self.start_rollout(it, self.window.current())
         window, batches = pending.window, pending.batches
+        self.sampler_before = pending.sampler_before
         self.timer.reset()
         with self.timer.phase("rollout"):
-            metas: list[RolloutMeta] = ray.get([b.meta for b in batches])
+            metas = self.collect(batches, window, it)
         with self.timer.phase("reward"):
             scores = self.score(batches)
         if self.prefetch_allowed(it):  # rollout actors sample it + 1 while the learner trains it
@@ -152,10 +173,12 @@ class Driver:
             self.broadcast()
         self.window.step()
         self.iteration = it
+        self.sampler_before = None
 
         window_start = window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1
         row = iteration_row(it, window_start, self.version, metas, scores, self.weights, self.can_fail(), adv, stats,
                             self.timer.seconds)
+        row.update(self.faults.take())
         if self.cfg.run.log_rollouts:
             versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
             self.run_dir.write_rollouts(it, rollout_columns(
@@ -168,7 +191,8 @@ class Driver:
         r = self.cfg.run
         self.last_iteration = iterations
         while self.iteration < iterations:
-            row = self.run_iteration()
+            with stop_cleanly(self):
+                row = self.run_iteration()
             it = self.iteration
             if r.eval_every and it % r.eval_every == 0 and it < iterations:
                 row.update(self.evaluate())
@@ -176,7 +200,7 @@ class Driver:
                 self.grid(ckpt.checkpoint_name(it))
             self.run_dir.append_metrics(row)
             self.metrics.record(row)
-            if r.checkpoint_every and it % r.checkpoint_every == 0:
+            if self.checkpoint_due():
                 self.checkpoint()
             after_iteration(row)
 
@@ -188,9 +212,9 @@ class Driver:
         standard error per reward (deterministic ODE sampling with the current weights)."""
         seeds = eval_seeds(self.cfg.data.eval_seeds)
         pairs = [(p, s) for s in seeds for p in self.eval_prompts]
-        calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
-        refs = [self.rewards.submit(images, ps) for ps, images in calls]
-        scores = {name: torch.cat(ray.get([r[name] for r in refs])) for name in self.rewards}
+        with stop_cleanly(self):
+            calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
+            scores = self.rewards.gather([self.rewards.submit(images, ps) for ps, images in calls], self.faults.record)
         return {**eval_row(scores), "eval/images": len(pairs)}
 
     def grid(self, label: str) -> Optional[Path]:
@@ -199,6 +223,18 @@ class Driver:
         png = self.rollout.grid_png(self.grid_prompts, GRID_SEED, f"{label} (weights v{self.version})")
         return self.run_dir.write_grid(f"{label}.png", png)
 
+    def rewind(self) -> None:
+        """Undo the prompt draw of an iteration that did not complete (if one is under way)."""
+        if self.sampler_before is not None:
+            self.sampler.load_state_dict(self.sampler_before)
+            self.sampler_before = None
+
+    def checkpoint_due(self) -> bool:
+        """Every ``run.checkpoint_every`` iterations, or ``run.checkpoint_every_s`` seconds."""
+        r = self.cfg.run
+        every_it = bool(r.checkpoint_every) and self.iteration % r.checkpoint_every == 0
+        return every_it or bool(r.checkpoint_every_s) and time.monotonic() - self.checkpointed_at >= r.checkpoint_every_s
+
     def checkpoint(self) -> Path:
         staging = ckpt.staging_dir(self.run_dir.path, self.iteration)
         self.learners.save_checkpoint(str(staging))
@@ -206,11 +242,16 @@ class Driver:
             "iteration": self.iteration,
             "version": self.version,
             "window": self.window.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            # an async run may have drawn the next iteration's prompts already: it is redone on resume
+            "sampler": self._next.sampler_before if self._next is not None else self.sampler.state_dict(),
         }
-        return ckpt.commit(self.run_dir.path, staging, self.iteration, state)
+        path = ckpt.commit(self.run_dir.path, staging, self.iteration, state)
+        ckpt.prune(self.run_dir.path, self.cfg.run.keep_checkpoints)
+        self.checkpointed_at = time.monotonic()
+        return path
 
     def restore(self, checkpoint: Path) -> None:
+        ckpt.verify(checkpoint)
         state = ckpt.read_state(checkpoint)
         version = self.learners.load_checkpoint(str(checkpoint))
         if version != state["version"]:

@@ -40,6 +40,7 @@ class PlainLoop:
         self.trainer = GRPOTrainer(self.policy, cfg.optim, cfg.grpo.clip_range)
         self.rewards = {name: build_reward(rc.kind, **rc.options) for name, rc in cfg.rewards.items()}
         self.can_fail = {name: bool(model.can_fail) for name, model in self.rewards.items()}
+        self.leave_out = {name: True for name in self.rewards}  # non-finite scores left out, as the driver does
         self.weights = {name: rc.weight for name, rc in cfg.rewards.items() if rc.weight > 0}
         self.window = SlidingWindow(num_steps=cfg.sampling.num_steps, seed=cfg.run.seed, **vars(cfg.window))
         self.prompts = PromptSampler(load_prompts(cfg.data.train), seed=cfg.run.seed, shuffle=cfg.data.shuffle)
@@ -63,7 +64,7 @@ class PlainLoop:
             flat = [p for p in prompts for _ in range(cfg.grpo.group_size)]
             scores = {name: model(out.images, flat) for name, model in self.rewards.items()}
         with self.timer.phase("train"):
-            adv = batch_advantages(scores, self.weights, cfg.grpo, self.can_fail)
+            adv = batch_advantages(scores, self.weights, cfg.grpo, self.leave_out)
             plan = update_plan(len(adv), cfg.optim.samples_per_update, 1, seed=update_plan_seed(cfg.run.seed, it))
             stats = self.trainer.train_iteration(out.trajectory, adv, plan)
         with self.timer.phase("sync"):

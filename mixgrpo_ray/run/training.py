@@ -11,25 +11,29 @@ from mixgrpo_ray.config import Config
 
 
 def run(cfg: Config, resume: Optional[str] = None) -> int:
-    """Train with ``cfg`` in a new run directory (or continue ``resume``); returns 0."""
+    """Train with ``cfg`` in a new run directory (or continue ``resume``); returns 0. The actors
+    start before the run directory is created: a run that cannot start (a model or reward folder
+    that does not load) raises ConfigError and leaves nothing behind."""
     from tqdm import tqdm
 
     from mixgrpo_ray.run.driver import Driver
     from mixgrpo_ray.run.loggers import Loggers, check_loggers
+    from mixgrpo_ray.run.preflight import setup_failure
     from mixgrpo_ray.run.run_dir import RunDir
 
     check_loggers(cfg.run.loggers)
-    run_dir = RunDir(resume) if resume else RunDir.create(cfg.run.output_dir, cfg.run.name)
-    run_dir.write_config(cfg.to_yaml())
-    print(f"run directory: {run_dir.path}", flush=True)
+    try:
+        driver = Driver(cfg)
+    except Exception as exc:  # noqa: BLE001 - reported as one line naming the cause
+        raise setup_failure(exc) from None
+    run_dir = None
+    try:
+        run_dir = RunDir(resume) if resume else RunDir.create(cfg.run.output_dir, cfg.run.name)
+        run_dir.loggers = Loggers(cfg, run_dir.path)
+        driver.run_dir = run_dir
+        run_dir.write_config(cfg.to_yaml())
+        print(f"run directory: {run_dir.path}", flush=True)
 
-    run_dir.loggers = Loggers(cfg, run_dir.path)
-    try:
-        driver = Driver(cfg, run_dir)
-    except BaseException:
-        run_dir.loggers.close()
-        raise
-    try:
         summary: dict = {}
         latest = ckpt.latest_checkpoint(run_dir.path) if resume else None
         if latest is not None:
@@ -40,6 +44,7 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
                 summary["before"] = {k: v for k, v in first[0].items() if k != "iteration"}
             print(f"resumed from {latest} at iteration {driver.iteration}", flush=True)
         else:
+            run_dir.truncate_metrics(-1)  # a resumed run without a checkpoint starts over
             driver.broadcast(bump=False)  # every actor starts from identical weights
             before = driver.evaluate()
             run_dir.append_metrics({"iteration": 0, **before})
@@ -71,7 +76,8 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
         return 0
     finally:
         driver.shutdown()
-        run_dir.loggers.close()
+        if run_dir is not None and run_dir.loggers is not None:
+            run_dir.loggers.close()
 
 
 def format_summary(summary: dict) -> str:

@@ -1,0 +1,56 @@
+"""Input checks a run makes before it writes anything, and the one line a failed start becomes.
+
+:func:`check_inputs` reads the prompt sources and checks the model folder before Ray starts;
+:func:`setup_failure` turns an error raised while the actors start (a reward or model folder
+that cannot be loaded, a constructor that failed on a remote node) into a
+:class:`~mixgrpo_ray.config.ConfigError` naming its cause. Both run before the run directory is
+created, so a refused run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mixgrpo_ray.config import Config, ConfigError
+from mixgrpo_ray.data.prompts import load_prompts
+
+_ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
+
+
+def check_inputs(cfg: Config) -> None:
+    """Raise ConfigError for a prompt source or model folder the run cannot use."""
+    for key, source in (("data.train", cfg.data.train), ("data.eval", cfg.data.eval)):
+        try:
+            prompts = load_prompts(source)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{key}={source}: {one_line(str(exc))}") from None
+        if not prompts:
+            raise ConfigError(f"{key}={source}: holds no prompts; choose a source with at least one prompt")
+    path = cfg.model.path
+    if path and path != "random":
+        local = cfg.model.kind == "tiny" or Path(path).is_absolute() or path.startswith((".", "~"))
+        if local and not Path(path).expanduser().exists():  # a FLUX hub id is left to the loader
+            what = "the tiny model's weights" if cfg.model.kind == "tiny" else "a FluxPipeline folder"
+            raise ConfigError(f"model.path={path}: no such file or folder; pass {what}")
+
+
+def one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "unknown error"
+
+
+def setup_failure(exc: BaseException) -> ConfigError:
+    """The one line for an error raised while the run's actors were starting."""
+    if isinstance(exc, ConfigError):
+        return exc
+    while getattr(exc, "cause", None) is not None and exc.cause is not exc:  # RayTaskError / ActorDiedError
+        exc = exc.cause
+    text = str(exc)
+    causes = [m for m in (_ERROR_LINE.match(ln) for ln in text.splitlines()) if m]
+    if causes:  # a remote traceback: its last "XError: message" line is the cause
+        kind, message = causes[-1].group(1), causes[-1].group(2)
+    else:
+        kind, message = type(exc).__name__, one_line(text)
+    return ConfigError(f"the run could not start its actors: {kind}: {message.strip()[:400]}; "
+                       "fix the model / reward settings named there and run again")
