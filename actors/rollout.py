@@ -17,6 +17,7 @@ import torch
 from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.weight_sync import WeightReceiver
 from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
@@ -36,23 +37,36 @@ class RolloutWorker:
         self.policy.train(False)
         self.sampling, self.grpo = sampling, grpo
         self.weight_version = 0
+        self.weights_ok = True  # false after a sync failed half-way, until one succeeds
+        self.receiver = WeightReceiver()
         self._metrics = ray_metrics.RolloutMetrics(index)
 
     def version(self) -> int:
         """The weight version this actor samples with."""
         return self.weight_version
 
-    def set_weights(self, version: int, state_ref: list) -> int:
-        """Load published weights (``state_ref`` is ``[ObjectRef]``, fetched here, not by the driver)."""
-        state = ray.get(state_ref[0]) if isinstance(state_ref[0], ray.ObjectRef) else state_ref[0]
-        self.policy.load_trainable_state_dict(state)
+    def join_weight_sync(self, learner_rank: int, addr: str, port: int, rank: int, size: int, backend: str) -> None:
+        self.receiver.join(learner_rank, addr, port, rank, size, backend)
+
+    def set_weights(self, version: int, manifest: list) -> int:
+        """Load a sync's buckets (``[BucketRef]`` of every learner rank) in place, each checked
+        against its checksum before it is loaded; reports ``version`` only when all loaded."""
+        self.weights_ok = False
+        self.receiver.load(version, manifest, self.policy.trainable_tensors())
+        self.weights_ok = True
         self.weight_version = int(version)
         self._metrics.version(self.weight_version)
         return self.weight_version
 
+    def trainable_state(self) -> dict:
+        """Copies of the trainable weights this actor samples with."""
+        return self.policy.trainable_state_dict()
+
     @ray.method(num_returns=3)
     def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int):
         """``grpo.group_size`` images per prompt; returns (images, trajectory, RolloutMeta)."""
+        if not self.weights_ok:
+            raise RuntimeError(f"rollout actor {self.index}: the last weight sync failed; refusing to sample")
         t0 = time.perf_counter()
         out = sample_groups(self.policy, prompts, self.grpo.group_size, window, self.sampling, self.grpo,
                             seed=seed, version=self.weight_version)
@@ -112,12 +126,6 @@ class RolloutWorkers(ActorGroup):
             ps = [p for p, _ in chunk]
             out.append((ps, self.actors[c].sample_eval.remote(ps, [s for _, s in chunk])))
         return out
-
-    def load_weights(self, version: int, state_ref: list) -> None:
-        """Every actor loads the published weights; raises unless all report ``version``."""
-        loaded = self.get_all("set_weights", version, state_ref)
-        if set(loaded) != {version}:
-            raise RuntimeError(f"rollout actors hold versions {loaded}, expected {version}")
 
     def grid_png(self, prompts: list[str], seed: int, title: str) -> bytes:
         return ray.get(self.actors[0].grid_png.remote(prompts, seed, title))

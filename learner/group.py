@@ -3,8 +3,8 @@
 Rank 0 is created first and chooses the rendezvous address; every rank loads the same initial
 weights, trains on its share of each update of the plan the group draws for the iteration
 (docs/algorithm.md eq. (35)), and gradients are averaged across ranks, so all ranks hold
-identical weights. After an iteration rank 0 publishes the trainable weights once
-(``ray.put``) with a new version; rollout actors fetch that object themselves.
+identical weights (``replicate``) or shards of them (``fsdp``). After an iteration every rank
+publishes what it owns through :class:`~mixgrpo_ray.cluster.weight_sync.WeightSync`.
 """
 
 from __future__ import annotations
@@ -51,15 +51,8 @@ class LearnerGroup(ActorGroup):
         plan = self.plan(len(advantages), iteration)
         return self.get_all("train", list(trajectory_refs), advantages, plan, self.max_staleness)[0]
 
-    def publish(self, bump: bool = True) -> tuple[int, list]:
-        results = self.get_all("publish", bump)
-        versions = {v for v, _ in results}
-        if len(versions) != 1:
-            raise RuntimeError(f"learner ranks disagree on the weight version: {sorted(versions)}")
-        return results[0]
-
     def save_checkpoint(self, directory: str) -> None:
-        ray.get(self.actors[0].save_checkpoint.remote(directory))
+        self.get_all("save_checkpoint", directory)  # rank 0 alone writes unless sharded
 
     def load_checkpoint(self, directory: str) -> int:
         return self.get_all("load_checkpoint", directory)[0]

@@ -36,6 +36,8 @@ Algorithm = Literal["mixgrpo", "dancegrpo"]
 AdvantageMode = Literal["advantage_aggr", "reward_aggr"]
 Backend = Literal["auto", "gloo", "nccl"]
 PublishDtype = Literal["fp32", "bf16"]
+LearnerStrategy = Literal["replicate", "fsdp"]
+SyncTransport = Literal["object_store", "collective"]
 RewardKind = Literal[REWARD_KIND_NAMES]  # type: ignore[valid-type]
 
 

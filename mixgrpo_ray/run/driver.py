@@ -17,6 +17,7 @@ import torch
 from mixgrpo_ray.actors.rollout import RolloutWorkers
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.weight_sync import WeightSync
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.seeds import GRID_SEED, eval_seeds
 from mixgrpo_ray.config import Config
@@ -55,6 +56,7 @@ class Driver:
         self.weights = {name: r.weight for name, r in cfg.rewards.items() if r.weight > 0}
         self.iteration = 0
         self.version = 0
+        self.sync_stats: dict = {}
         self.timer = PhaseTimer()
         self.rollout: Optional[RolloutWorkers] = None
         self.rewards: Optional[RewardPools] = None
@@ -63,6 +65,8 @@ class Driver:
             self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed)
             self.rewards = RewardPools(cfg.rewards)
             self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)
+            self.weight_sync = WeightSync(self.learners.actors, self.rollout.actors, cfg.learner.sync_transport,
+                                          sync_backend(cfg))
         except BaseException:
             self.shutdown()  # leave no half-started run behind
             raise
@@ -97,9 +101,9 @@ class Driver:
         return self.learners.train([b.trajectory for b in batches], advantages, iteration)
 
     def broadcast(self, bump: bool = True) -> int:
-        """Publish the learner's weights once; every rollout actor loads them before sampling."""
-        version, ref = self.learners.publish(bump=bump)
-        self.rollout.load_weights(version, ref)
+        """Every learner rank publishes what it owns; every rollout actor loads and verifies it
+        before sampling (``learner.sync_transport``)."""
+        version, self.sync_stats = self.weight_sync.sync(bump=bump)
         self.version = version
         return version
 
@@ -126,6 +130,7 @@ class Driver:
         can_fail = {name: pool.can_fail for name, pool in self.rewards.items()}
         row = iteration_row(it, window_start, self.version, metas, scores, self.weights, can_fail, adv, stats,
                             self.timer.seconds)
+        row.update(self.sync_stats)
         if self.cfg.run.log_rollouts:
             versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
             self.run_dir.write_rollouts(it, rollout_columns(
@@ -197,3 +202,11 @@ class Driver:
         for group in (self.rollout, self.rewards, self.learners):
             if group is not None:
                 group.shutdown()
+
+
+def sync_backend(cfg: Config) -> str:
+    """The collective weight-sync backend: ``learner.backend``, or with ``auto`` NCCL when both
+    learners and rollout actors have GPUs, else gloo."""
+    if cfg.learner.backend != "auto":
+        return cfg.learner.backend
+    return "nccl" if cfg.learner.num_gpus > 0 and cfg.rollout.num_gpus > 0 else "gloo"
