@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("mixgrpo_ray.cli.sample", "sample an image grid for prompts and write a captioned PNG"),
     "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
     "bench": ("mixgrpo_ray.cli.bench", "measure rollout and update cost of each algorithm variant side by side"),
+    "plan": ("mixgrpo_ray.cli.plan", "per-role GPU memory of a config, and the smallest learner count that fits"),
+    "consolidate": ("mixgrpo_ray.cli.consolidate", "write a sharded checkpoint's weights to one safetensors file"),
 }
 
 

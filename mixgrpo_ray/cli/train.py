@@ -88,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+    from mixgrpo_ray.run.plan import check_learner_fits
+
+    problem = check_learner_fits(cfg)  # the memory plan, before any actor starts
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
 
     ray = connect_ray(cfg)
     try:
