@@ -226,6 +226,7 @@ class CollectiveChannel:
             self.broadcast(_header(version, crc, self.device))
             self.broadcast(buf)
             sent += spec.nbytes
+            del buf  # before the next bucket is packed: one bucket in memory at a time
         return sent
 
     def receive_buckets(self, specs: Sequence[BucketSpec], targets: Mapping[str, torch.Tensor], version: int) -> int:
@@ -247,6 +248,7 @@ class CollectiveChannel:
                 continue
             unpack_into(spec, buf, targets)
             got += spec.nbytes
+            del buf
         if error is not None:
             raise error
         return got
