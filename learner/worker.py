@@ -15,7 +15,7 @@ import torch.distributed as dist
 from mixgrpo_ray.algo.sharding import full_tensors, shard_module
 from mixgrpo_ray.algo.update import GRPOTrainer
 from mixgrpo_ray.cluster import metrics as ray_metrics
-from mixgrpo_ray.cluster.weight_sync import WeightSender, node_endpoint
+from mixgrpo_ray.cluster.weight_sync import SenderEndpoints, WeightSender, node_endpoint
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.dtypes import parse_dtype
 from mixgrpo_ray.common.sharded_checkpoint import sharded_dir
@@ -29,7 +29,7 @@ class StaleRolloutError(RuntimeError):
     """A rollout was sampled with weights older than the learner allows."""
 
 
-class LearnerWorker:
+class LearnerWorker(SenderEndpoints):
     """One learner rank (create the group with :class:`LearnerGroup`)."""
 
     def __init__(self, rank: int, world_size: int, model: ModelConfig, optim: OptimConfig, clip_range: float,
@@ -87,23 +87,13 @@ class LearnerWorker:
         self._metrics.record(int(stats["updates"]))
         return stats
 
-    # --- weight sync (mixgrpo_ray.cluster.weight_sync) -----------------------------------------
+    # --- weight sync (mixgrpo_ray.cluster.weight_sync; send_weights etc. from SenderEndpoints) ---
     def publish(self, bump: bool = True) -> tuple[int, list]:
         """Bump the version (unless ``bump`` is false) and lay out the buckets of the weights this
         rank owns: ``(version, [BucketRef])`` (object_store: already in the object store)."""
         if bump:
             self.weight_version += 1
         return self.weight_version, self.sender.publish(self.policy.trainable_tensors())
-
-    def send_weights(self, version: int) -> int:
-        """Broadcast the buckets of the last publish on this rank's collective channel."""
-        return self.sender.send(version)
-
-    def sync_endpoint(self) -> tuple[str, int]:
-        return node_endpoint()
-
-    def join_weight_sync(self, addr: str, port: int, size: int, backend: str) -> None:
-        self.sender.join(addr, port, size, backend)
 
     def version(self) -> int:
         return self.weight_version

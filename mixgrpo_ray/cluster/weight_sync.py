@@ -90,6 +90,23 @@ class WeightSender:
         return self.channel.send_buckets(specs, local, version)
 
 
+class SenderEndpoints:
+    """The weight-sync methods a learner actor exposes to :class:`WeightSync` besides
+    ``publish`` (mixed into actor classes that hold a :class:`WeightSender` as ``self.sender``)."""
+
+    sender: WeightSender
+
+    def send_weights(self, version: int) -> int:
+        """Broadcast the buckets of the last publish on this rank's collective channel."""
+        return self.sender.send(version)
+
+    def sync_endpoint(self) -> tuple[str, int]:
+        return node_endpoint()
+
+    def join_weight_sync(self, addr: str, port: int, size: int, backend: str) -> None:
+        self.sender.join(addr, port, size, backend)
+
+
 class WeightReceiver:
     """A rollout actor's side (see the module docstring)."""
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 import torch
 
-from mixgrpo_ray.cluster.weight_sync import WeightReceiver, WeightSender, WeightSync
+from mixgrpo_ray.cluster.weight_sync import SenderEndpoints, WeightReceiver, WeightSender, WeightSync
 
 ROW = 3072  # FLUX hidden width: tensors are (rows, 3072) fp32
 
@@ -36,7 +36,7 @@ def synthetic_state(size_bytes: int, tensors: int = 64) -> dict[str, torch.Tenso
     return {f"blocks.{i}.weight": torch.rand(rows, ROW, generator=torch.Generator().manual_seed(i)) for i in range(tensors)}
 
 
-class SyntheticLearner:
+class SyntheticLearner(SenderEndpoints):
     """A learner rank's weight-sync surface over a synthetic state (see the module docstring)."""
 
     def __init__(self, size_bytes: int, transport: str, bucket_mb: float) -> None:
@@ -64,17 +64,9 @@ class SyntheticLearner:
 
     def send_weights(self, version: int) -> int:
         self._start()
-        sent = self.sender.send(version)
+        sent = super().send_weights(version)
         self._stop()
         return sent
-
-    def sync_endpoint(self) -> tuple[str, int]:
-        from mixgrpo_ray.cluster.weight_sync import node_endpoint
-
-        return node_endpoint()
-
-    def join_weight_sync(self, addr: str, port: int, size: int, backend: str) -> None:
-        self.sender.join(addr, port, size, backend)
 
     def peak_bytes(self) -> int:
         return self.peak
