@@ -113,3 +113,17 @@ def test_collective_channel_without_ray(tmp_path, corrupt):
         else:
             assert out["err"] == "" and out["got"] == sum(v.numel() * 2 for v in sent.values())
             assert all(torch.equal(out["state"][k], v.to(torch.bfloat16).float()) for k, v in sent.items())
+
+
+def test_non_float_tensors_travel_in_their_own_dtype(local_ray):
+    from mixgrpo_ray.cluster.weight_sync import WeightReceiver, WeightSender
+
+    state = {"w": torch.randn(40, 3), "steps": torch.tensor(2**40 + 3), "ids": torch.arange(9)}
+    manifest = WeightSender("object_store", torch.bfloat16, 0.0002, 0, 1).publish(state)
+    assert [b.spec.dtype for b in manifest][-2:] == ["bfloat16", "int64"] and len(manifest) > 2
+    target = {"w": torch.zeros(40, 3), "steps": torch.tensor(0), "ids": torch.zeros(9, dtype=torch.int64)}
+    WeightReceiver().load(3, manifest, target)
+    assert int(target["steps"]) == 2**40 + 3 and torch.equal(target["ids"], state["ids"])
+    assert torch.equal(target["w"], state["w"].bfloat16().float())
+    with pytest.raises(ws.WeightSyncError, match="'steps' arrived with 0 of 1 rows"):
+        WeightReceiver().load(3, [b for b in manifest if b.spec.dtype != "int64"], target)

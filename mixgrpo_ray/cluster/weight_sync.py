@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
+import warnings
 from typing import Mapping, Optional, Sequence
 
 import ray
@@ -70,7 +71,10 @@ class WeightSender:
         """The manifest of this rank's buckets of ``state`` (live weights, maybe DTensors)."""
         slices = owned_slices(state, self.rank, self.world_size)
         local = {key: (row0, t) for key, _, row0, t in slices}
-        specs = plan_buckets(slices, self.dtype, self.bucket_bytes, self.rank)
+        specs = plan_buckets([x for x in slices if x[3].is_floating_point()], self.dtype, self.bucket_bytes, self.rank)
+        for dtype in sorted({x[3].dtype for x in slices if not x[3].is_floating_point()}, key=str):
+            more = plan_buckets([x for x in slices if x[3].dtype == dtype], dtype, self.bucket_bytes, self.rank)
+            specs += [dataclasses.replace(b, index=len(specs) + i) for i, b in enumerate(more)]  # kept exact
         if self.transport == "collective":
             self._pending = (specs, local)
             return [BucketRef(spec) for spec in specs]
@@ -130,7 +134,9 @@ class WeightReceiver:
         got = 0
         for b in manifest:
             raw = ray.get(b.ref)
-            buf = torch.frombuffer(memoryview(raw), dtype=torch.uint8).view(b.spec.torch_dtype)
+            with warnings.catch_warnings():  # a read-only view of the object store, never written
+                warnings.simplefilter("ignore", UserWarning)
+                buf = torch.frombuffer(memoryview(raw), dtype=torch.uint8).view(b.spec.torch_dtype)
             verify(b.spec, buf, b.checksum)
             unpack_into(b.spec, buf, targets)
             got += b.spec.nbytes
