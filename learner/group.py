@@ -1,6 +1,7 @@
 """The learner group: N learner ranks joined in one torch.distributed process group.
 
-Rank 0 is created first and chooses the rendezvous address; every rank loads the same initial
+The ranks start in one placement group (:mod:`mixgrpo_ray.cluster.placement`); rank 0 is
+created first and chooses the rendezvous address; every rank loads the same initial
 weights, trains on its share of each update of the plan the group draws for the iteration
 (docs/algorithm.md eq. (35)), and gradients are averaged across ranks, so all ranks hold
 identical weights (``replicate``) or shards of them (``fsdp``). After an iteration every rank
@@ -14,6 +15,7 @@ import torch
 
 from mixgrpo_ray.algo.update import update_plan
 from mixgrpo_ray.cluster.actors import ActorGroup, spawn_actors
+from mixgrpo_ray.cluster.placement import place, remove_placement_group
 from mixgrpo_ray.common.seeds import update_plan_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
@@ -25,9 +27,15 @@ class LearnerGroup(ActorGroup):
     def __init__(self, model: ModelConfig, optim: OptimConfig, clip_range: float, learner: LearnerConfig,
                  seed: int) -> None:
         n = learner.num_workers
-        super().__init__(spawn_actors(
-            LearnerWorker, "learner", n, learner, lambda rank: (rank, n, model, optim, clip_range, learner, seed)
-        ))
+        self.placement = place("learner", learner, n, learner.placement_timeout_s)  # all ranks or none
+        try:
+            actors = spawn_actors(LearnerWorker, "learner", n, learner,
+                                  lambda rank: (rank, n, model, optim, clip_range, learner, seed),
+                                  placement_group=self.placement)
+        except BaseException:
+            remove_placement_group(self.placement)
+            raise
+        super().__init__(actors)
         self.samples_per_update = optim.samples_per_update
         self.max_staleness = learner.max_staleness
         self.seed = seed
@@ -56,3 +64,7 @@ class LearnerGroup(ActorGroup):
 
     def load_checkpoint(self, directory: str) -> int:
         return self.get_all("load_checkpoint", directory)[0]
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        remove_placement_group(self.placement)

@@ -53,3 +53,23 @@ def test_fsdp_collective_run_resumes_on_two_and_one_ranks(local_ray, tmp_path):
     assert run(one, resume=str(tmp_path / "part1")) == 0
     # rank 0's own loss and ratios cover half the samples on 2 ranks; the rest is global
     _same(rows[2], rows_of(tmp_path / "part1")[2], ("reward", "train/grad_norm", "advantage", "window_start"))
+
+
+def test_learner_ranks_start_in_one_placement_group_or_say_what_is_missing(local_ray):
+    from ray.util import placement_group_table
+
+    from mixgrpo_ray.learner.group import LearnerGroup
+
+    cfg = resolve(None, ["model.path=random", "learner.num_workers=2", "learner.num_cpus=0.5"])
+    group = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)
+    try:
+        table = placement_group_table(group.placement)
+        assert table["strategy"] == "PACK" and len(table["bundles"]) == 2 and table["state"] == "CREATED"
+    finally:
+        group.shutdown()
+    assert placement_group_table(group.placement)["state"] == "REMOVED"
+    bad = resolve(None, ["model.path=random", "learner.num_workers=2", "learner.num_cpus=0.5",
+                         "learner.resources={learner_gpu: 1}", "learner.placement_timeout_s=1"])
+    with pytest.raises(RuntimeError, match=r"cannot start 2 learner rank\(s\) within 1 s: missing 2 learner_gpu "
+                                           r"\(the cluster has 0\)"):
+        LearnerGroup(bad.model, bad.optim, bad.grpo.clip_range, bad.learner, bad.run.seed)

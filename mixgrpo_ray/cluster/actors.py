@@ -31,10 +31,12 @@ def spawn_actors(
     *,
     max_concurrency: int = 1,
     wait: bool = True,
+    placement_group: Any = None,
 ) -> list:
     """``count`` actors of ``cls`` named ``mixgrpo/<role>/<i>``; actor ``i`` is constructed with
     ``args(i)``. With ``wait`` every constructor has finished (and raised, if it failed) on return;
-    on failure the actors already started are killed."""
+    on failure the actors already started are killed. With ``placement_group`` actor ``i`` takes
+    its bundle ``i``."""
     remote_cls = ray.remote(cls)
     handles = []
     try:
@@ -46,6 +48,7 @@ def spawn_actors(
                     num_gpus=resources.num_gpus,
                     resources=dict(resources.resources) or None,
                     max_concurrency=max_concurrency,
+                    **_in_bundle(placement_group, i),
                 ).remote(*args(i))
             )
         if wait:
@@ -54,6 +57,14 @@ def spawn_actors(
         kill_actors(handles)
         raise
     return handles
+
+
+def _in_bundle(placement_group: Any, index: int) -> dict:
+    if placement_group is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=index)}
 
 
 def kill_actors(actors: Sequence, timeout_s: float = 30.0) -> None:

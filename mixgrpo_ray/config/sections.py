@@ -204,6 +204,7 @@ class LearnerConfig(ActorResources):
     sync_transport: SyncTransport = "object_store"  # or collective (NCCL on GPU, gloo on CPU)
     sync_bucket_mb: Float = Field(256.0, gt=0)  # weight-sync bucket size (in the publish dtype)
     gpu_memory_gb: Float = Field(0.0, ge=0)  # memory of one learner GPU; > 0: train checks the plan fits
+    placement_timeout_s: Float = Field(300.0, gt=0)  # how long the learner ranks' placement group may wait
 
 
 class RunConfig(Section):
