@@ -94,3 +94,22 @@ def test_replicate_checkpoint_resumes_on_two_fsdp_ranks(tmp_path):
     stats, state = run(0, 1, "replicate", 0, data, save=str(saved))
     same(spawned(2, "fsdp", data, load=str(saved), out=str(tmp_path / "c.pt")), {"stats": stats, "state": state},
          local=False)
+
+
+def test_consolidate_command(tmp_path, capsys):
+    from mixgrpo_ray.cli import main
+
+    policy = build_policy(model_config(None), trainable=True)
+    trainer = GRPOTrainer(policy, OPTIM, 1e-4)
+    dcp_checkpoint.save(tmp_path / "iter_000007", policy.trainable_module(), trainer.optimizer, 7)  # one process
+    assert main(["consolidate", str(tmp_path / "iter_000007")]) == 0
+    out = tmp_path / "iter_000007" / ckpt.WEIGHTS_FILE
+    assert str(out) in capsys.readouterr().out
+    state = ckpt.read_weights(out)
+    assert all(torch.equal(state[k], v) for k, v in policy.trainable_state_dict().items())
+    from safetensors import safe_open
+
+    with safe_open(str(out), framework="pt") as f:
+        assert f.metadata()["version"] == "7"
+    assert main(["consolidate", str(tmp_path)]) == 2
+    assert "not a sharded checkpoint" in capsys.readouterr().err
