@@ -25,3 +25,4 @@ test: setup
 
 bench: setup
 	$(BIN)/mixgrpo-ray bench $(ARGS)
+	$(BIN)/mixgrpo-ray bench phases

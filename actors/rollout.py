@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 import ray
 import torch
@@ -25,6 +25,7 @@ from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.cluster.retry import actor_died, get_each
+from mixgrpo_ray.cluster.weight_sync import WeightReceiver
 from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
@@ -46,6 +47,8 @@ class RolloutWorker:
         self.sampling, self.grpo = sampling, grpo
         self.weight_version = 0
         self._loaded = False  # published weights loaded since this process started
+        self.weights_ok = True  # false after a sync failed half-way, until one succeeds
+        self.receiver = WeightReceiver()
         self._metrics = ray_metrics.RolloutMetrics(index)
 
     def version(self) -> int:
@@ -56,26 +59,42 @@ class RolloutWorker:
         """This actor's process id (it changes when Ray restarts the actor)."""
         return os.getpid()
 
-    def _use(self, version: int, weights: list) -> None:
-        """Hold weight ``version`` before sampling: load ``weights`` unless already loaded (none
-        published yet: the initial weights)."""
-        if weights and weights[0] is not None and (not self._loaded or version != self.weight_version):
-            self.set_weights(version, weights)
+    def _use(self, version: int, manifest: list) -> None:
+        """Hold weight ``version`` before sampling: load its buckets (``manifest``) unless already
+        loaded (none published yet: the initial weights). A restarted actor reloads this way; over
+        the collective transport it cannot (the buckets are only broadcast once)."""
+        if not manifest or (self._loaded and version == self.weight_version):
+            return
+        if any(b.ref is None for b in manifest):
+            raise RuntimeError(f"rollout actor {self.index} restarted and cannot reload weights v{version} over "
+                               "learner.sync_transport=collective; use object_store for restartable rollouts")
+        self.set_weights(version, manifest)
 
-    def set_weights(self, version: int, state_ref: list) -> int:
-        """Load published weights (``state_ref`` is ``[ObjectRef]``, fetched here, not by the driver)."""
-        state = ray.get(state_ref[0]) if isinstance(state_ref[0], ray.ObjectRef) else state_ref[0]
-        self.policy.load_trainable_state_dict(state)
+    def join_weight_sync(self, learner_rank: int, addr: str, port: int, rank: int, size: int, backend: str) -> None:
+        self.receiver.join(learner_rank, addr, port, rank, size, backend)
+
+    def set_weights(self, version: int, manifest: list) -> int:
+        """Load a sync's buckets (``[BucketRef]`` of every learner rank) in place, each checked
+        against its checksum before it is loaded; reports ``version`` only when all loaded."""
+        self.weights_ok = False
+        self.receiver.load(version, manifest, self.policy.trainable_tensors())
+        self.weights_ok = True
         self.weight_version = int(version)
         self._loaded = True
         self._metrics.version(self.weight_version)
         return self.weight_version
 
+    def trainable_state(self) -> dict:
+        """Copies of the trainable weights this actor samples with."""
+        return self.policy.trainable_state_dict()
+
     @ray.method(num_returns=3)
     def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int, version: int, weights: list):
-        """``grpo.group_size`` images per prompt with weight ``version`` (published as
-        ``weights``, ``[ObjectRef]``); returns (images, trajectory, RolloutMeta)."""
+        """``grpo.group_size`` images per prompt with weight ``version`` (whose sync manifest is
+        ``weights``); returns (images, trajectory, RolloutMeta)."""
         self._use(version, weights)
+        if not self.weights_ok:
+            raise RuntimeError(f"rollout actor {self.index}: the last weight sync failed; refusing to sample")
         t0 = time.perf_counter()
         out = sample_groups(self.policy, prompts, self.grpo.group_size, window, self.sampling, self.grpo,
                             seed=seed, version=self.weight_version)
@@ -120,7 +139,7 @@ class RolloutWorkers(ActorGroup):
         self.seed = seed
         self.live = list(range(len(self.actors)))  # indices of actors that can still take calls
         self.pids = self.get_all("pid")
-        self.version, self.weights = 0, [None]  # the published weights every call names
+        self.version, self.weights = 0, []  # the published weights (sync manifest) every call names
 
     def calls(self, prompts: list) -> list[list]:
         """The prompts of each sampling call, in order."""
@@ -179,23 +198,6 @@ class RolloutWorkers(ActorGroup):
                 ps = [p for p, _ in chunk]
                 out.append((ps, actor.sample_eval.remote(ps, [s for _, s in chunk], self.version, self.weights)))
         return out
-
-    def load_weights(self, version: int, state_ref: list, on_gone: Callable[[str], None] = lambda name: None) -> None:
-        """Every live actor loads the published weights (and every later call names them);
-        an actor that died for good is dropped (``on_gone(name)``); raises unless all others
-        report ``version``."""
-        self.version, self.weights = version, list(state_ref)
-        live = list(self.live)
-        loaded = get_each([self.actors[i].set_weights.remote(version, state_ref) for i in live])
-        for i, got in zip(live, loaded):
-            if isinstance(got, BaseException):
-                if not actor_died(got):
-                    raise got
-                self.drop(i)
-                on_gone(actor_name("rollout", i))
-            elif got != version:
-                raise RuntimeError(f"rollout actor {i} holds version {got}, expected {version}")
-        self.actor_for(0)  # raises when none is left
 
     def grid_png(self, prompts: list[str], seed: int, title: str) -> bytes:
         actor = self.actors[self.actor_for(0)]

@@ -1,10 +1,11 @@
 """The learner group: N learner ranks joined in one torch.distributed process group.
 
-Rank 0 is created first and chooses the rendezvous address; every rank loads the same initial
+The ranks start in one placement group (:mod:`mixgrpo_ray.cluster.placement`); rank 0 is
+created first and chooses the rendezvous address; every rank loads the same initial
 weights, trains on its share of each update of the plan the group draws for the iteration
 (docs/algorithm.md eq. (35)), and gradients are averaged across ranks, so all ranks hold
-identical weights. After an iteration rank 0 publishes the trainable weights once
-(``ray.put``) with a new version; rollout actors fetch that object themselves.
+identical weights (``replicate``) or shards of them (``fsdp``). After an iteration every rank
+publishes what it owns through :class:`~mixgrpo_ray.cluster.weight_sync.WeightSync`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from mixgrpo_ray.algo.update import update_plan
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
+from mixgrpo_ray.cluster.placement import place, remove_placement_group
 from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop
 from mixgrpo_ray.common.seeds import update_plan_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
@@ -30,9 +32,15 @@ class LearnerGroup(ActorGroup):
     def __init__(self, model: ModelConfig, optim: OptimConfig, clip_range: float, learner: LearnerConfig,
                  seed: int, max_importance_weight: float = 2.0) -> None:
         n = learner.num_workers
-        super().__init__(spawn_actors(
-            LearnerWorker, "learner", n, learner, lambda rank: (rank, n, model, optim, clip_range, learner, seed)
-        ))
+        self.placement = place("learner", learner, n, learner.placement_timeout_s)  # all ranks or none
+        try:
+            actors = spawn_actors(LearnerWorker, "learner", n, learner,
+                                  lambda rank: (rank, n, model, optim, clip_range, learner, seed),
+                                  placement_group=self.placement)
+        except BaseException:
+            remove_placement_group(self.placement)
+            raise
+        super().__init__(actors)
         self.samples_per_update = optim.samples_per_update
         self.max_staleness = learner.max_staleness
         self.max_importance_weight = max_importance_weight
@@ -69,15 +77,12 @@ class LearnerGroup(ActorGroup):
                 raise exc.error from None
             raise LearnerFailed(f"learner {actor_name('learner', exc.index)} failed: {describe(exc.error)}") from exc.error
 
-    def publish(self, bump: bool = True) -> tuple[int, list]:
-        results = self.get_together("publish", bump)
-        versions = {v for v, _ in results}
-        if len(versions) != 1:
-            raise RuntimeError(f"learner ranks disagree on the weight version: {sorted(versions)}")
-        return results[0]
-
     def save_checkpoint(self, directory: str) -> None:
-        ray.get(self.actors[0].save_checkpoint.remote(directory))
+        self.get_all("save_checkpoint", directory)  # rank 0 alone writes unless sharded
 
     def load_checkpoint(self, directory: str) -> int:
         return self.get_together("load_checkpoint", directory)[0]
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        remove_placement_group(self.placement)

@@ -6,20 +6,23 @@ sections it uses (model, optimiser, clip range, learner resources, seed).
 
 from __future__ import annotations
 
-import socket
 from typing import Sequence
 
 import ray
 import torch
 import torch.distributed as dist
 
+from mixgrpo_ray.algo.sharding import full_tensors, shard_module
 from mixgrpo_ray.algo.update import GRPOTrainer
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.devices import actor_device, join_process_group
+from mixgrpo_ray.cluster.weight_sync import SenderEndpoints, WeightSender, node_endpoint
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.dtypes import parse_dtype
+from mixgrpo_ray.common.sharded_checkpoint import sharded_dir
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.core.trajectory import Trajectory
+from mixgrpo_ray.learner import dcp_checkpoint
 from mixgrpo_ray.models.build import build_policy
 
 
@@ -27,7 +30,7 @@ class StaleRolloutError(RuntimeError):
     """A rollout was sampled with weights older than the learner allows."""
 
 
-class LearnerWorker:
+class LearnerWorker(SenderEndpoints):
     """One learner rank (create the group with :class:`LearnerGroup`)."""
 
     def __init__(self, rank: int, world_size: int, model: ModelConfig, optim: OptimConfig, clip_range: float,
@@ -42,23 +45,26 @@ class LearnerWorker:
         self.trainer: GRPOTrainer | None = None
         self.weight_version = 0
         self._metrics = ray_metrics.LearnerMetrics(rank)
+        self.sharded = learner.strategy == "fsdp"
+        self.sender = WeightSender(learner.sync_transport, parse_dtype(learner.publish_dtype), learner.sync_bucket_mb,
+                                   rank, world_size)
 
     # --- process group ---------------------------------------------------------------------
     def rendezvous(self) -> tuple[str, int]:
         """(address, free port) on this node, for rank 0 to host the process group."""
-        addr = ray.util.get_node_ip_address()
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("", 0))
-            port = s.getsockname()[1]
-        return addr, port
+        return node_endpoint()
 
     def init_process_group(self, addr: str, port: int) -> int:
         group = None
-        if self.world_size > 1:
+        if self.world_size > 1 or self.sharded:  # FSDP2 needs a process group, even of one rank
             join_process_group(self.learner.backend, self.device, addr, port, self.rank, self.world_size)
             group = dist.group.WORLD
+        if self.sharded:
+            shard_module(self.policy.trainable_module(), self.device, self.world_size,
+                         offload_optimizer=self.learner.offload_optimizer)
         self.trainer = GRPOTrainer(
-            self.policy, self.optim, self.clip_range, rank=self.rank, world_size=self.world_size, process_group=group
+            self.policy, self.optim, self.clip_range, rank=self.rank, world_size=self.world_size, process_group=group,
+            sharded=self.sharded, reduce_bucket_mb=self.learner.reduce_bucket_mb,
         )
         return self.rank
 
@@ -81,29 +87,28 @@ class LearnerWorker:
         self._metrics.record(int(stats["updates"]))
         return stats
 
+    # --- weight sync (mixgrpo_ray.cluster.weight_sync; send_weights etc. from SenderEndpoints) ---
     def publish(self, bump: bool = True) -> tuple[int, list]:
-        """Bump the version (unless ``bump`` is false); rank 0 puts the trainable weights in the
-        object store once and returns ``(version, [ObjectRef])`` (other ranks ``(version, [])``)."""
+        """Bump the version (unless ``bump`` is false) and lay out the buckets of the weights this
+        rank owns: ``(version, [BucketRef])`` (object_store: already in the object store)."""
         if bump:
             self.weight_version += 1
-        if self.rank != 0:
-            return self.weight_version, []
-        dtype = parse_dtype(self.learner.publish_dtype)
-        state = {
-            k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().to("cpu"))
-            for k, v in self.policy.trainable_state_dict().items()
-        }
-        return self.weight_version, [ray.put(state)]
+        return self.weight_version, self.sender.publish(self.policy.trainable_tensors())
 
     def version(self) -> int:
         return self.weight_version
 
     def trainable_state(self) -> dict:
-        return {k: v.detach().to("cpu").clone() for k, v in self.policy.trainable_state_dict().items()}
+        """Whole CPU copies of the trainable weights (under fsdp a collective: call on every rank)."""
+        return full_tensors(self.policy.trainable_tensors())
 
     # --- checkpoints -------------------------------------------------------------------------
     def save_checkpoint(self, directory: str) -> str:
-        """Rank 0 writes weights and optimiser state into ``directory``."""
+        """Rank 0 writes weights and optimiser state into ``directory``; under fsdp every rank
+        writes its shards (``sharded/``, torch.distributed.checkpoint; call on all ranks)."""
+        if self.sharded:
+            dcp_checkpoint.save(directory, self.policy.trainable_module(), self.trainer.optimizer, self.weight_version)
+            return directory
         if self.rank != 0:
             return ""
         ckpt.save_weights(directory, self.trainable_state(), self.weight_version)
@@ -111,7 +116,11 @@ class LearnerWorker:
         return directory
 
     def load_checkpoint(self, directory: str) -> int:
-        """Every rank loads weights and optimiser state from ``directory``."""
+        """Every rank loads weights and optimiser state from ``directory`` (a sharded checkpoint,
+        or a single-file one into a sharded group: see ``learner/dcp_checkpoint.py``)."""
+        if self.sharded or sharded_dir(directory) is not None:
+            self.weight_version = dcp_checkpoint.load(directory, self.policy.trainable_module(), self.trainer.optimizer)
+            return self.weight_version
         self.policy.load_trainable_state_dict(ckpt.read_weights(directory))
         extra = ckpt.load_trainer_state(directory)
         self.trainer.optimizer.load_state_dict(extra["optimizer"])

@@ -20,3 +20,25 @@ def test_benchmark_ratios_and_nfe():
     assert res["mixgrpo"]["ratio"] < 0.9
     assert res["mixgrpo_flash_star"]["ratio"] < res["mixgrpo"]["ratio"]
     assert "mixgrpo_flash_star" in format_table(res)
+
+
+def test_sync_bench_both_transports_and_publish_memory():
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    from mixgrpo_ray.run.sync_bench import format_sync_table, run_sync_bench
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = run_sync_bench(size_gb=0.3, bucket_mb=64.0)  # buckets above glibc's 32 MB mmap threshold
+    finally:
+        ray.shutdown()
+    assert set(res) == {"object_store", "collective"}
+    for name, r in res.items():
+        assert r["delivered"] and r["sync/bytes"] >= 0.29e9 and r["sync/gbps"] > 0, name
+        # a publish holds at most 1.5 buckets beyond the shard (+1 bucket: allocator and Ray slack)
+        assert r["beyond_buckets"] <= 2.5, (name, r["beyond_buckets"])
+    assert res["object_store"]["peak_host_bytes"] >= 0.9 * res["object_store"]["shard_bytes"]
+    assert "collective" in format_sync_table(res)

@@ -215,7 +215,8 @@ def test_every_choice_is_listed():
     assert {key for key, _ in LITERALS} == {
         "model.kind", "model.dtype", "sampling.sde_kind", "sampling.tail", "window.strategy",
         "window.interval_schedule", "window.at_end", "grpo.algorithm", "grpo.advantage_mode",
-        "learner.backend", "learner.publish_dtype", "rewards.quality.kind", "run.wandb_mode", "run.pipeline",
+        "learner.backend", "learner.publish_dtype", "learner.strategy", "learner.sync_transport",
+        "rewards.quality.kind", "run.wandb_mode", "run.pipeline",
     }
 
 
@@ -349,3 +350,12 @@ def test_config_imports_only_lower_layers():
             for name in names:
                 if name.startswith("mixgrpo_ray.") and not name.startswith(("mixgrpo_ray.config", "mixgrpo_ray.core", "mixgrpo_ray.common")):
                     pytest.fail(f"{path.name} imports {name}")
+
+
+def test_fsdp_needs_full_fine_tuning():
+    cfg = C.resolve(None, ["learner.strategy=fsdp", "learner.sync_transport=collective", "learner.sync_bucket_mb=8"])
+    assert cfg.learner.strategy == "fsdp" and cfg.learner.sync_bucket_mb == 8.0
+    with pytest.raises(C.ConfigError, match="learner.strategy=fsdp shards full fine-tuning"):
+        C.resolve(None, ["learner.strategy=fsdp", "model.lora_rank=4"])
+    with pytest.raises(C.ConfigError, match="learner.sync_bucket_mb"):
+        C.resolve(None, ["learner.sync_bucket_mb=0"])

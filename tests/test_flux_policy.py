@@ -384,7 +384,9 @@ def test_flux_preset_mirrors_the_paper():
     m = cfg.model
     assert (m.kind, m.path, m.height, m.width, m.guidance, m.lora_rank) == (
         "flux", "black-forest-labs/FLUX.1-dev", 720, 720, 3.5, 0)
-    assert cfg.grpo.group_size == 12 and cfg.optim.lr == 1e-5 and cfg.optim.samples_per_update == 3
+    assert cfg.grpo.group_size == 12 and cfg.optim.lr == 1e-5
+    # full fine-tuning sharded over 8 learners, 3 samples per learner per update
+    assert (cfg.learner.strategy, cfg.learner.num_workers, cfg.optim.samples_per_update) == ("fsdp", 8, 24)
     assert (cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.tail) == (25, 3.0, "dpm2")
     assert {n: (r.kind, r.weight) for n, r in cfg.rewards.items()} == {
         "hps": ("hps", 1.0), "pickscore": ("pickscore", 1.0), "imagereward": ("imagereward", 1.0)}
@@ -393,3 +395,4 @@ def test_flux_preset_mirrors_the_paper():
         assert rc.num_gpus == 1 and rc.resources == {resource: 1}
     lora = resolve(["flux", "flux_lora", "mixgrpo"])
     assert lora.model.lora_rank > 0 and lora.model.height == 720 and lora.sampling.tail == "euler"
+    assert (lora.learner.strategy, lora.learner.num_workers, lora.optim.samples_per_update) == ("replicate", 1, 3)

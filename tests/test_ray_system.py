@@ -141,8 +141,8 @@ def test_two_learners_equal_one_learner(local_ray):
             moved |= not torch.equal(state1[k], init[k])
         assert moved
         # stale rollouts are refused after a publish, unless an off-policy bound allows them
-        version, refs = g2.publish()
-        assert version == 1 and len(refs) == 1
+        (version, refs), _ = g2.get_all("publish", True)
+        assert version == 1 and len(refs) >= 1
         with pytest.raises(ray.exceptions.RayTaskError, match="refusing the stale batch"):
             g2.train([ref], adv, 1)
         g2.max_staleness = 1
@@ -171,6 +171,7 @@ def test_resume_gives_the_same_next_iteration(local_ray, tmp_path):
 
 
 def test_publish_dtype_bf16_halves_the_broadcast(local_ray):
+    from mixgrpo_ray.cluster.weight_sync import WeightReceiver
     from mixgrpo_ray.learner.worker import LearnerWorker
 
     for dtype, expect in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -178,7 +179,9 @@ def test_publish_dtype_bf16_halves_the_broadcast(local_ray):
         worker = LearnerWorker(0, 1, cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)  # in-process
         worker.init_process_group("", 0)
         version, refs = worker.publish()
-        state = ray.get(refs[0])
-        assert version == 1 and all(v.dtype == expect for v in state.values() if v.is_floating_point())
-        pol = TinyPolicy(seed=0)
-        pol.load_trainable_state_dict(state)  # a rollout policy accepts either
+        assert version == 1 and all(b.spec.torch_dtype == expect for b in refs)
+        pol = TinyPolicy(seed=1)
+        WeightReceiver().load(version, refs, pol.trainable_tensors())  # a rollout policy accepts either
+        sent = worker.trainable_state()
+        assert all(torch.equal(pol.trainable_state_dict()[k], v.to(expect).float()) for k, v in sent.items())
+        assert sum(b.spec.nbytes for b in refs) == sum(v.numel() for v in sent.values()) * expect.itemsize

@@ -10,12 +10,13 @@ global norm, and AdamW steps. Later chunks of an iteration are slightly off-poli
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
 from mixgrpo_ray.config import OptimConfig
+from mixgrpo_ray.algo.sharding import all_reduce_mean, to_float
 from mixgrpo_ray.core.grpo import grpo_loss
 from mixgrpo_ray.models.policy import Policy
 from mixgrpo_ray.core.steps import sde_log_prob, sde_mean_std
@@ -63,28 +64,27 @@ class GRPOTrainer:
         rank: int = 0,
         world_size: int = 1,
         process_group: Optional[object] = None,
+        sharded: bool = False,
+        reduce_bucket_mb: float = 64.0,
     ) -> None:
+        """``sharded``: the policy's trainable module is wrapped by FSDP2, which averages the
+        gradients itself (reduce-scatter); otherwise gradients are all-reduced in buckets of
+        ``reduce_bucket_mb`` (see :mod:`mixgrpo_ray.algo.sharding`)."""
         self.policy = policy
         self.optim = optim
         self.clip_range = float(clip_range)
         self.rank = rank
         self.world_size = world_size
         self.group = process_group
+        self.sharded = sharded
+        self.reduce_bucket_bytes = int(reduce_bucket_mb * 2**20)
         self.optimizer = build_optimizer(policy, optim)
         self.params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _all_reduce_mean_grads(self) -> None:
-        if self.world_size == 1:
+        if self.world_size == 1 or self.sharded:
             return
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        flat /= self.world_size
-        offset = 0
-        for p, g in zip(self.params, grads):
-            n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(p).clone()
-            offset += n
+        all_reduce_mean(self.params, self.world_size, self.reduce_bucket_bytes, self.group)
 
     def step_log_probs(self, batch: Trajectory, cond, j: int) -> torch.Tensor:
         """New log-probs ``(B,)`` of the recorded transition ``j`` of every row of ``batch``."""
@@ -164,12 +164,12 @@ class GRPOTrainer:
                     else:
                         step_stats[key] = step_stats.get(key, 0.0) + val / k
             self._all_reduce_mean_grads()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.optim.max_grad_norm)
-            if torch.isfinite(grad_norm):
+            grad_norm = to_float(torch.nn.utils.clip_grad_norm_(self.params, self.optim.max_grad_norm))
+            if math.isfinite(grad_norm):
                 self.optimizer.step()
             else:  # a non-finite loss: drop this update's samples rather than poison the weights
                 skipped += sum(len(r) for r in per_rank)
-            step_stats["grad_norm"] = float(grad_norm)
+            step_stats["grad_norm"] = grad_norm
             if u == 0:
                 first = {f"first_{key}": val for key, val in step_stats.items() if key.startswith("ratio")}
             for key, val in step_stats.items():

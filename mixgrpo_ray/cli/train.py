@@ -97,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except LoggerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    from mixgrpo_ray.run.plan import check_learner_fits
+
+    problem = check_learner_fits(cfg)  # the memory plan, before any actor starts
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
 
     ray = connect_ray(cfg)
     try:

@@ -50,13 +50,14 @@ def spawn_actors(
     wait: bool = True,
     max_restarts: int = 0,
     max_task_retries: int = 0,
+    placement_group: Any = None,
 ) -> list:
     """``count`` actors of ``cls`` named ``mixgrpo/<role>/<i>``; actor ``i`` is constructed with
     ``args(i)``. With ``wait`` every constructor has finished (and raised, if it failed) on return;
     on failure the actors already started are killed. ``max_restarts``: how often Ray restarts an
     actor whose process died (its constructor runs again); ``max_task_retries``: how often a call
     that was running or queued on it is retried on the restarted actor (only for roles whose
-    calls are safe to repeat)."""
+    calls are safe to repeat). With ``placement_group`` actor ``i`` takes its bundle ``i``."""
     remote_cls = ray.remote(cls)
     handles = []
     try:
@@ -71,6 +72,7 @@ def spawn_actors(
                     namespace=_NAMESPACE.get(),
                     max_restarts=max_restarts,
                     max_task_retries=max_task_retries,
+                    **_in_bundle(placement_group, i),
                 ).remote(*args(i))
             )
         if wait:
@@ -79,6 +81,14 @@ def spawn_actors(
         kill_actors(handles)
         raise
     return handles
+
+
+def _in_bundle(placement_group: Any, index: int) -> dict:
+    if placement_group is None:
+        return {}
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    return {"scheduling_strategy": PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=index)}
 
 
 def kill_actors(actors: Sequence, timeout_s: float = 30.0) -> None:

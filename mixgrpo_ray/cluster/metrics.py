@@ -86,6 +86,9 @@ class DriverMetrics:
         "weight_version": "published weight version",
         "images_per_second": "rollout images per second",
         "iteration": "training iteration",
+        "sync_bytes": "bytes of the last weight sync",
+        "sync_seconds": "seconds of the last weight sync",
+        "sync_gbps": "GB/s of the last weight sync",
     }
 
     def __init__(self) -> None:
@@ -98,8 +101,8 @@ class DriverMetrics:
 
     def record(self, row: Mapping[str, float]) -> None:
         for key, gauge in self.gauges.items():
-            # the row's name of each gauge: nfe_* is nfe/*, the learner's statistics are train/*
-            for src in (key.replace("nfe_", "nfe/"), f"train/{key}"):
+            # the row's name of each gauge: nfe_* is nfe/*, sync_* is sync/*, the learner's statistics are train/*
+            for src in (key.replace("nfe_", "nfe/").replace("sync_", "sync/"), f"train/{key}"):
                 if src in row:
                     gauge.set(float(row[src]))
         for key, val in row.items():

@@ -3,6 +3,8 @@
     RUN/checkpoints/iter_000050/    a complete checkpoint (renamed into place when whole)
         weights.safetensors         the trainable weights (metadata: version)
         optimizer.pt                optimiser state, weight version, torch RNG (tensors only)
+        sharded/                    instead of the two above with learner.strategy=fsdp: the
+                                    torch.distributed.checkpoint files (common/sharded_checkpoint.py)
         state.json                  the driver's state and a sha256 per file; its presence marks
                                     the checkpoint complete
     RUN/checkpoints/.iter_000050.partial/   staging while a checkpoint is written
@@ -25,6 +27,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from mixgrpo_ray.common.files import atomic_write_text
+from mixgrpo_ray.common.sharded_checkpoint import read_model_state, sharded_dir
 
 CHECKPOINTS_DIR = "checkpoints"
 WEIGHTS_FILE = "weights.safetensors"
@@ -73,7 +76,8 @@ def staging_dir(run: Path, iteration: int) -> Path:
 def commit(run: Path, staging: Path, iteration: int, state: Mapping[str, Any]) -> Path:
     """Write the driver ``state`` (with a checksum of every file in ``staging``) into
     ``staging``, rename it into place (atomic) and point ``latest`` at it."""
-    files = {p.name: sha256(p) for p in sorted(Path(staging).iterdir()) if p.is_file() and p.name != STATE_FILE}
+    files = {p.relative_to(staging).as_posix(): sha256(p) for p in sorted(Path(staging).rglob("*"))
+             if p.is_file() and p.name != STATE_FILE}  # the sharded/ files of an fsdp learner too
     atomic_write_text(Path(staging) / STATE_FILE, json.dumps({**dict(state), "files": files}, indent=2))
     final = checkpoints_dir(run) / checkpoint_name(iteration)
     if final.exists():
@@ -135,17 +139,21 @@ def find_weights(path: "str | Path") -> Path:
     if p.is_dir():
         if (p / WEIGHTS_FILE).is_file():
             return p / WEIGHTS_FILE
+        if sharded_dir(p) is not None:  # a learner group's sharded checkpoint (its sharded/ folder)
+            return sharded_dir(p)
         if checkpoints_dir(p).is_dir():
             latest = latest_checkpoint(p)
             if latest is not None and (latest / WEIGHTS_FILE).is_file():
                 return latest / WEIGHTS_FILE
+            if latest is not None and sharded_dir(latest) is not None:
+                return sharded_dir(latest)
             raise CheckpointError(f"{path}: the run has no complete checkpoint yet; pass a run with checkpoints/iter_N/{WEIGHTS_FILE}")
         raise CheckpointError(f"{path}: no {WEIGHTS_FILE} in this folder; pass RUN_DIR/checkpoints/iter_N")
     raise CheckpointError(f"{path}: does not exist; pass RUN_DIR/checkpoints/iter_N or a weights .safetensors file")
 
 
 def run_of(weights: Path) -> Optional[Path]:
-    """``RUN`` when ``weights`` is ``RUN/checkpoints/<name>/weights.safetensors``."""
+    """``RUN`` when ``weights`` is ``RUN/checkpoints/<name>/weights.safetensors`` (or ``sharded``)."""
     ckpt = Path(weights).parent
     return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS_DIR else None
 
@@ -168,6 +176,12 @@ def read_weights(path: "str | Path", header_only: bool = False) -> dict[str, tor
     from safetensors.torch import load_file
 
     p = Path(path).expanduser()
+    if p.is_dir() and not (p / WEIGHTS_FILE).is_file() and sharded_dir(p) is not None:
+        try:
+            return {} if header_only else read_model_state(sharded_dir(p))
+        except Exception as exc:  # noqa: BLE001 - DCP raises its own error types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"{p}: cannot read the sharded checkpoint ({first})") from None
     if p.is_dir():
         p = p / WEIGHTS_FILE
     if not p.is_file():

@@ -100,6 +100,11 @@ class Config(Section):
                 f"data.prompts_per_iteration * grpo.group_size = {samples} samples must be divisible "
                 f"by optim.samples_per_update={o.samples_per_update}"
             )
+        if self.learner.strategy == "fsdp" and self.model.lora_rank > 0:
+            raise line_error(
+                f"learner.strategy=fsdp shards full fine-tuning; LoRA (model.lora_rank={self.model.lora_rank}) "
+                "trains replicated adapters: use learner.strategy=replicate"
+            )
         if all(r.weight == 0 for r in self.rewards.values()):
             raise line_error("at least one reward needs a weight > 0 (rewards.<name>.weight)")
         return self

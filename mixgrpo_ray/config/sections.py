@@ -18,8 +18,9 @@ from pydantic import (
 
 from mixgrpo_ray.config.errors import config_error, line_error, value_error
 from mixgrpo_ray.config.values import (
-    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, LoggerName, ModelDtype,
-    ModelKind, PYTHON_TARGET_PATTERN, Pipeline, PublishDtype, RewardKind, SdeKind, Str, Strategy, Tail, WandbMode,
+    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, LearnerStrategy,
+    LoggerName, ModelDtype, ModelKind, PYTHON_TARGET_PATTERN, Pipeline, PublishDtype, RewardKind, SdeKind, Str,
+    Strategy, SyncTransport, Tail, WandbMode,
 )
 
 # True while a section is being validated: sections nested in it leave their errors to pydantic,
@@ -223,6 +224,15 @@ class LearnerConfig(ActorResources):
     backend: Backend = "auto"  # auto (nccl on GPU, gloo on CPU), gloo, nccl
     max_staleness: Int = 0  # weight versions a rollout may lag behind (0 = strictly on-policy)
     publish_dtype: PublishDtype = "fp32"  # weights sent to rollout actors: fp32, or bf16 (half the traffic)
+    # replicate: every rank holds the whole model, gradients all-reduced in buckets of
+    # reduce_bucket_mb; fsdp: FSDP2 shards weights, gradients and AdamW state over the ranks
+    strategy: LearnerStrategy = "replicate"
+    offload_optimizer: Bool = False  # fsdp on GPU: sharded weights/grads/AdamW state live on the host
+    reduce_bucket_mb: Float = Field(64.0, gt=0)
+    sync_transport: SyncTransport = "object_store"  # or collective (NCCL on GPU, gloo on CPU)
+    sync_bucket_mb: Float = Field(256.0, gt=0)  # weight-sync bucket size (in the publish dtype)
+    gpu_memory_gb: Float = Field(0.0, ge=0)  # memory of one learner GPU; > 0: train checks the plan fits
+    placement_timeout_s: Float = Field(300.0, gt=0)  # how long the learner ranks' placement group may wait
 
     @model_validator(mode="after")
     def _nccl_needs_gpus(self) -> "LearnerConfig":

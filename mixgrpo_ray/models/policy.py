@@ -59,6 +59,19 @@ class Policy(ABC):
     def load_trainable_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Load weights published by :meth:`trainable_state_dict`."""
 
+    def trainable_module(self) -> "torch.nn.Module | None":
+        """The module whose whole state dict is the trainable state (what a sharded learner
+        wraps with FSDP), or ``None`` when only part of a module trains (LoRA adapters)."""
+        return None
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """The trainable weights under the keys of :meth:`trainable_state_dict`, as live tensors
+        (no copies): weight sync reads from and writes into them in place."""
+        module = self.trainable_module()
+        if module is None:
+            raise NotImplementedError(f"{type(self).__name__} has no live trainable tensors")
+        return dict(module.state_dict())
+
     def train(self, mode: bool = True) -> "Policy":
         """Switch the trainable modules to training / eval mode (default: no-op)."""
         return self

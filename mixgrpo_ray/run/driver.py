@@ -20,6 +20,8 @@ from mixgrpo_ray.actors.rollout import RolloutWorkers
 from mixgrpo_ray.algo.advantages import batch_advantages
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster.actors import actor_name
+from mixgrpo_ray.cluster.weight_sync import WeightSync
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.seeds import GRID_SEED, eval_seeds
 from mixgrpo_ray.config import Config
@@ -72,6 +74,7 @@ class Driver:
         self.version = 0
         self.last_iteration = cfg.run.iterations
         self._next: Optional[PendingRollout] = None  # async pipeline: the next iteration, already sampling
+        self.sync_stats: dict = {}
         self.timer = PhaseTimer()
         self.faults = FaultLog()
         self.checkpointed_at = time.monotonic()
@@ -84,6 +87,8 @@ class Driver:
             self.rewards = RewardPools(cfg.rewards)
             self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
                                          max_importance_weight=cfg.grpo.max_importance_weight)
+            self.weight_sync = WeightSync(self.learners.actors, self.rollout.actors, cfg.learner.sync_transport,
+                                          sync_backend(cfg))
         except BaseException:
             self.shutdown()  # leave no half-started run behind
             raise
@@ -126,10 +131,16 @@ class Driver:
         return stats
 
     def broadcast(self, bump: bool = True) -> int:
-        """Publish the learner's weights once; every rollout actor loads them before sampling."""
-        version, ref = self.learners.publish(bump=bump)
-        self.rollout.load_weights(version, ref, on_gone=lambda name: self.faults.record(
-            "rollout_reassigned", name, "died and cannot be restarted; the other actors take its calls"))
+        """Every learner rank publishes what it owns; every live rollout actor loads and verifies
+        it before sampling (``learner.sync_transport``), and every later call names it."""
+        live = list(self.rollout.live)
+        version, self.sync_stats = self.weight_sync.sync(bump=bump, rollouts=[self.rollout.actors[i] for i in live])
+        for pos in self.weight_sync.gone:
+            self.rollout.drop(live[pos])
+            self.faults.record("rollout_reassigned", actor_name("rollout", live[pos]),
+                               "died and cannot be restarted; the other actors take its calls")
+        self.rollout.actor_for(0)  # raises when no rollout actor is left
+        self.rollout.version, self.rollout.weights = version, list(self.weight_sync.manifest)
         self.version = version
         return version
 
@@ -179,6 +190,7 @@ class Driver:
         row = iteration_row(it, window_start, self.version, metas, scores, self.weights, self.can_fail(), adv, stats,
                             self.timer.seconds)
         row.update(self.faults.take())
+        row.update(self.sync_stats)
         if self.cfg.run.log_rollouts:
             versions = [m.version for b, m in zip(batches, metas) for _ in b.prompts]
             self.run_dir.write_rollouts(it, rollout_columns(
@@ -269,3 +281,11 @@ class Driver:
         for group in (self.rollout, self.rewards, self.learners):
             if group is not None:
                 group.shutdown()
+
+
+def sync_backend(cfg: Config) -> str:
+    """The collective weight-sync backend: ``learner.backend``, or with ``auto`` NCCL when both
+    learners and rollout actors have GPUs, else gloo."""
+    if cfg.learner.backend != "auto":
+        return cfg.learner.backend
+    return "nccl" if cfg.learner.num_gpus > 0 and cfg.rollout.num_gpus > 0 else "gloo"

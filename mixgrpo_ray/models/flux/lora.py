@@ -69,6 +69,11 @@ def _published_key(name: str) -> str:
     return name.replace(f".{ADAPTER_NAME}.", ".")
 
 
+def lora_tensors(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights as live tensors (no copies), under :func:`lora_state_dict`'s keys."""
+    return {_published_key(n): p.detach() for n, p in lora_parameters(transformer)}
+
+
 def lora_state_dict(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The adapter weights only, detached CPU copies, in peft's saved-adapter key format."""
     return {_published_key(n): p.detach().to("cpu").clone() for n, p in lora_parameters(transformer)}

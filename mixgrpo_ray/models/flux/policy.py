@@ -202,6 +202,14 @@ class FluxPolicy(Policy):
             return (p for _, p in flux_lora.lora_parameters(self.transformer))
         return self.transformer.parameters()
 
+    def trainable_module(self) -> Optional[torch.nn.Module]:
+        return None if self.lora else self.transformer
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        if self.lora:
+            return flux_lora.lora_tensors(self.transformer)
+        return super().trainable_tensors()
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Full fine-tuning: the transformer's state dict; LoRA: the adapter weights only."""
         if self.lora:

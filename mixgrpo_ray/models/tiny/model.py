@@ -268,6 +268,9 @@ class TinyPolicy(Policy):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return self.transformer.parameters()
 
+    def trainable_module(self) -> nn.Module:
+        return self.transformer
+
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu").clone() for k, v in self.transformer.state_dict().items()}
 
