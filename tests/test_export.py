@@ -32,7 +32,8 @@ def pipe_dir(tmp_path_factory):
 def flux_overrides(pipe_dir, lora_rank=0, lora_alpha=0.0):
     return [f"model.path={pipe_dir}", f"model.height={IMAGE_SIZE}", f"model.width={IMAGE_SIZE}",
             f"model.max_sequence_length={SEQ}", f"model.lora_rank={lora_rank}", f"model.lora_alpha={lora_alpha}",
-            "model.gradient_checkpointing=false", f"sampling.num_steps={STEPS}", "window.size=2"]
+            "model.gradient_checkpointing=false", f"sampling.num_steps={STEPS}", "window.size=2",
+            "learner.strategy=replicate", "learner.num_workers=1"]  # one CPU learner, full or LoRA
 
 
 def policy_images(policy):

@@ -1,6 +1,8 @@
 """FluxPolicy on tiny random FLUX components saved in the FluxPipeline layout (offline, CPU)."""
 
 import pytest
+
+from mixgrpo_ray.common.checkpoint import CheckpointError
 import torch
 from safetensors.torch import save_file
 
@@ -375,7 +377,7 @@ def test_clear_errors_for_bad_paths_and_sizes(flux_dir, tmp_path):
         FluxPolicy.from_model_config(model_cfg(tmp_path / "partial"), trainable=False)
     with pytest.raises(ValueError, match="multiple of 4"):
         load(flux_dir, height=18)
-    with pytest.raises(FileNotFoundError, match="weights.safetensors"):
+    with pytest.raises(CheckpointError, match="weights.safetensors"):
         load_trained_weights(load(flux_dir), tmp_path)
 
 

@@ -164,8 +164,8 @@ def test_rollout_actor_evaluates_and_draws_grids_in_batches():
     cfg = resolve(["tiny"], ["sampling.num_steps=4", "window.size=1", "window.initial_start=0"])
     worker = RolloutWorker(0, cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, 0, 2)
     worker.policy = CountingPolicy(worker.policy)
-    worker.sample_eval(["a blue square"] * 5, list(range(5)))
-    worker.grid_png(["a blue square"] * 3, 0)
+    worker.sample_eval(["a blue square"] * 5, list(range(5)), 0, [])
+    worker.grid_png(["a blue square"] * 3, 0, 0, [])
     assert max(worker.policy.batches) == 2
 
 
@@ -174,7 +174,7 @@ class _FakeActor:
         outer = self
 
         class Method:
-            def remote(self, prompts, seeds):
+            def remote(self, prompts, seeds, version=0, weights=()):
                 log.append((index, len(prompts)))
                 return (index, list(prompts), list(seeds))
 
@@ -188,6 +188,7 @@ def test_driver_splits_flux_evaluation_into_calls_of_the_model_batch():
     log = []
     workers = RolloutWorkers.__new__(RolloutWorkers)
     workers.actors, workers.eval_batch_size = [_FakeActor(0, log)], eval_batch_size(cfg.model, cfg.data.eval_batch_size)
+    workers.live, workers.version, workers.weights = [0], 0, []
     prompts = [f"p{i}" for i in range(400)]
     calls = workers.sample_eval(prompts, list(range(400)))
     assert max(n for _, n in log) == 8 and len(calls) == 50
@@ -195,6 +196,7 @@ def test_driver_splits_flux_evaluation_into_calls_of_the_model_batch():
     # two actors: each takes half, in calls of at most data.eval_batch_size
     log.clear()
     workers.actors, workers.eval_batch_size = [_FakeActor(0, log), _FakeActor(1, log)], 3
+    workers.live = [0, 1]
     workers.sample_eval(prompts[:10], list(range(10)))
     assert log == [(0, 3), (0, 2), (1, 3), (1, 2)]
     assert eval_batch_size(cfg.model, 5) == 5 and eval_batch_size(resolve(["tiny"], []).model, 0) == 256
@@ -264,7 +266,7 @@ def test_mixed_evaluation_loads_one_text_encoder_and_vae(tmp_path, monkeypatch, 
     prompts.write_text("a red cat\nthe dog on the mat\na photo of a dog\n")
     overrides = [
         f"model.path={flux}", f"model.height={IMAGE_SIZE}", f"model.width={IMAGE_SIZE}", "model.max_sequence_length=8",
-        f"model.lora_rank={lora_rank}", f"data.eval={prompts}", "sampling.num_steps=4", "window.size=1",
+        f"model.lora_rank={lora_rank}", "learner.strategy=replicate", "learner.num_workers=1", f"data.eval={prompts}", "sampling.num_steps=4", "window.size=1",
         "rewards.hps=null", "rewards.pickscore=null", "rewards.imagereward=null", "rewards.clip.kind=clip",
         f"rewards.clip.options={{model: {clip}}}", "run.grid_prompts=0", "run.progress=false",
     ]

@@ -25,6 +25,7 @@ from mixgrpo_ray.common.checkpoint import CheckpointError
 from mixgrpo_ray.run.preflight import check_inputs
 from mixgrpo_ray.run.recovery import RunStopped
 from mixgrpo_ray.run.resume import check_checkpoint, resume_config
+from mixgrpo_ray.run.plan import check_learner_fits
 from mixgrpo_ray.run.training import run
 
 PROG = "mixgrpo-ray train"
@@ -85,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(cfg.to_yaml())
             return 0
-        check_inputs(cfg)
+        problem = check_learner_fits(cfg)  # the memory plan, before any actor starts
+        if problem:
+            raise ConfigError(problem)
+        if not args.dry_run:  # a dry run probes placement only: it loads no model and reads no prompts
+            check_inputs(cfg)
         check_checkpoint(args.run_dir)
     except (ConfigError, CheckpointError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -96,12 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         check_loggers(cfg.run.loggers)  # before Ray starts or a run directory exists
     except LoggerError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
-    from mixgrpo_ray.run.plan import check_learner_fits
-
-    problem = check_learner_fits(cfg)  # the memory plan, before any actor starts
-    if problem:
-        print(f"{PROG}: error: {problem}", file=sys.stderr)
         return 2
 
     ray = connect_ray(cfg)
