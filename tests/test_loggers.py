@@ -4,6 +4,8 @@ W&B offline and MLflow (where installed) on the same rows and grids; a missing p
 import io
 import os
 
+import time
+
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -69,7 +71,12 @@ def test_wandb_is_offline_without_an_api_key(tmp_path, monkeypatch):
     run = log_through_run_dir(tmp_path, ["jsonl", "wandb"])
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    data = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+    deadline = time.monotonic() + 60  # W&B's service process may still be writing the file after finish()
+    while True:
+        data = b"".join(p.read_bytes() for p in offline[0].glob("*.wandb"))
+        if b"grids/held_out" in data or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert b"reward_mean" in data and b"eval/reward/quality" in data and b"grids/held_out" in data
 
 
