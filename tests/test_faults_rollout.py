@@ -24,7 +24,7 @@ FAST = [
     "run.checkpoint_every=0", "run.grid_every=0", "run.grid_prompts=0", "run.progress=false",
 ]
 #: keys that measure time or count faults: the only ones allowed to differ
-VOLATILE = ("time/", "images_per_second", "faults/", "sync/seconds", "sync/gbps")  
+VOLATILE = ("time/", "images_per_second", "faults/", "sync/seconds", "sync/gbps")  # wall-clock dependent
 
 
 @pytest.fixture(scope="module")
