@@ -119,7 +119,9 @@ def metrics_run(tmp_path_factory):
         while time.time() < deadline:  # the workers report every 0.5 s
             text = urllib.request.urlopen(url, timeout=5).read().decode()
             seen = set(re.findall(r"^(ray_mixgrpo_\w+?)(?:\{| )", text, re.M))
-            if {"ray_mixgrpo_iterations_total", "ray_mixgrpo_reward_failures_total"} <= seen:
+            # every process reports on its own schedule: wait until every metric a panel queries is there
+            wanted = {n for exprs in panel_queries().values() for e in exprs for n in names_in(e)}
+            if {"ray_mixgrpo_iterations_total", "ray_mixgrpo_reward_failures_total"} | wanted <= seen:
                 break
             time.sleep(0.5)
         yield {"port": port, "seen": seen}
