@@ -21,7 +21,7 @@ import ray
 import torch
 
 from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
-from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.cluster.retry import actor_died, get_each
@@ -37,6 +37,7 @@ class RolloutWorker:
 
     def __init__(self, index: int, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig,
                  rollout: RolloutConfig, seed: int, eval_batch: int = 0) -> None:
+        serialization.install()
         self.index = index
         self.eval_batch_size = eval_batch_size(model, eval_batch)
         torch.set_num_threads(rollout.torch_threads)

@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from mixgrpo_ray.algo.sharding import full_tensors, shard_module
 from mixgrpo_ray.algo.update import GRPOTrainer
-from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.devices import actor_device, join_process_group
 from mixgrpo_ray.cluster.weight_sync import SenderEndpoints, WeightSender, node_endpoint
 from mixgrpo_ray.common import checkpoint as ckpt
@@ -35,6 +35,7 @@ class LearnerWorker(SenderEndpoints):
 
     def __init__(self, rank: int, world_size: int, model: ModelConfig, optim: OptimConfig, clip_range: float,
                  learner: LearnerConfig, seed: int) -> None:
+        serialization.install()
         torch.set_num_threads(learner.torch_threads)
         torch.manual_seed(seed)
         self.rank, self.world_size = rank, world_size

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import ray
 import torch
 
-from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.cluster.retry import actor_died
@@ -58,6 +58,7 @@ class RewardServer:
 
     def __init__(self, name: str, kind: str, options: dict, batch_size: int, torch_threads: int, replica: int,
                  num_gpus: float = 0.0) -> None:
+        serialization.install()
         torch.set_num_threads(torch_threads)
         self.name = name
         self.device = actor_device(num_gpus)

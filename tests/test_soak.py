@@ -3,6 +3,7 @@ After warm-up the resident memory of every actor stays within a small bound and 
 does not grow (no ObjectRef, weight version or rollout is kept alive by mistake)."""
 
 import os
+import time
 
 import pytest
 
@@ -15,6 +16,7 @@ from mixgrpo_ray.run.run_dir import RunDir  # noqa: E402
 
 ITERATIONS, WARM_UP = 44, 8
 RSS_BOUND_MB = 40  # growth allowed per actor after warm-up
+SETTLED_OBJECTS = 2  # the published weights (one bucket) and at most one more
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,20 @@ def object_store() -> tuple[int, int]:
     return int(stats.object_store_bytes_used), int(stats.num_local_objects)
 
 
+def settle(timeout_s: float = 20.0) -> tuple[int, int]:
+    """The object store once Ray's batched deletions have caught up (it stops shrinking)."""
+    last, since = object_store(), time.monotonic()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = object_store()
+        if now[1] < last[1]:
+            last, since = now, time.monotonic()
+        elif now[1] <= SETTLED_OBJECTS or time.monotonic() - since > 5.0:
+            return now
+    return last
+
+
 def test_soak_memory_and_object_store_stay_flat(local_ray, tmp_path):
     cfg = resolve(["tiny"], [
         "data.prompts_per_iteration=2", "grpo.group_size=4", "optim.samples_per_update=8", "sampling.num_steps=14",
@@ -55,6 +71,7 @@ def test_soak_memory_and_object_store_stay_flat(local_ray, tmp_path):
         pids = ray.get([a.__ray_call__.remote(lambda self: os.getpid()) for a in actors])
         samples: list = []
         driver.train_until(ITERATIONS, lambda row: samples.append(([rss_mb(p) for p in pids], object_store())))
+        settled = settle()  # with the driver still holding everything it means to hold
     finally:
         driver.shutdown()
     assert len(samples) == ITERATIONS
@@ -62,11 +79,11 @@ def test_soak_memory_and_object_store_stay_flat(local_ray, tmp_path):
     for rss, _ in samples[WARM_UP:]:
         growth = [r - w for r, w in zip(rss, warm_rss)]
         assert max(growth) < RSS_BOUND_MB, f"actor memory grew by {growth} MB"
-    # the object store rises and falls as Ray frees unreferenced objects; it must not trend up:
-    # the second half after warm-up never holds more than the first half's peak
-    stores = [store for _, store in samples[WARM_UP:]]
-    half = len(stores) // 2
-    peak_bytes, peak_objects = max(b for b, _ in stores[:half]), max(n for _, n in stores[:half])
-    for used, objects in stores[half:]:
-        assert used <= peak_bytes + 2**20 and objects <= peak_objects, (stores, peak_bytes, peak_objects)
+    # Ray deletes unreferenced objects asynchronously, in batches: during the run the store count
+    # is a saw-tooth whose period depends on timing. What must hold: once deletions have caught up
+    # only the published weights are left (one bucket here), and the troughs do not rise.
+    assert settled[1] <= SETTLED_OBJECTS, f"objects kept alive after the run: {settled}"
+    counts = [n for _, (_, n) in samples[WARM_UP:]]
+    third = len(counts) // 3
+    assert min(counts[-third:]) <= min(counts[:third]) + 3, counts
     assert len(list((tmp_path / "soak" / "checkpoints").glob("iter_*"))) == 1

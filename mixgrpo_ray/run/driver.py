@@ -19,7 +19,7 @@ import torch
 from mixgrpo_ray.actors.rollout import RolloutWorkers
 from mixgrpo_ray.algo.advantages import batch_advantages
 from mixgrpo_ray.algo.rollout import RolloutMeta
-from mixgrpo_ray.cluster import metrics as ray_metrics
+from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import actor_name
 from mixgrpo_ray.cluster.weight_sync import WeightSync
 from mixgrpo_ray.common import checkpoint as ckpt
@@ -59,6 +59,7 @@ class RolloutBatch:
 
 class Driver:
     def __init__(self, cfg: Config, run_dir: Optional[RunDir] = None) -> None:
+        serialization.install()
         self.cfg = cfg
         self.run_dir = run_dir
         self.window = SlidingWindow(num_steps=cfg.sampling.num_steps, seed=cfg.run.seed, **vars(cfg.window))
