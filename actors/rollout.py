@@ -25,7 +25,7 @@ from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.cluster.retry import actor_died, get_each
-from mixgrpo_ray.cluster.weight_sync import WeightReceiver
+from mixgrpo_ray.cluster.weight_sync import WeightReceiver, WeightsLost
 from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
@@ -63,12 +63,16 @@ class RolloutWorker:
     def _use(self, version: int, manifest: list) -> None:
         """Hold weight ``version`` before sampling: load its buckets (``manifest``) unless already
         loaded (none published yet: the initial weights). A restarted actor reloads this way; over
-        the collective transport it cannot (the buckets are only broadcast once)."""
+        the collective transport it cannot (the buckets are only broadcast once): it raises
+        :class:`WeightsLost`, and the driver re-forms the sync group and resends them."""
         if not manifest or (self._loaded and version == self.weight_version):
             return
-        if any(b.ref is None for b in manifest):
-            raise RuntimeError(f"rollout actor {self.index} restarted and cannot reload weights v{version} over "
-                               "learner.sync_transport=collective; use object_store for restartable rollouts")
+        if any(b.ref is None for b in manifest):  # collective: nothing to fetch by ourselves
+            if not self._loaded:
+                raise WeightsLost(f"rollout actor {self.index} restarted and lost weights v{version} "
+                                  "(learner.sync_transport=collective broadcasts each version once)")
+            raise RuntimeError(f"rollout actor {self.index} holds weights v{self.weight_version}, the call names "
+                               f"v{version}, and the collective transport cannot fetch it")
         self.set_weights(version, manifest)
 
     def join_weight_sync(self, learner_rank: int, addr: str, port: int, rank: int, size: int, backend: str) -> None:

@@ -58,7 +58,8 @@ class LearnerWorker(SenderEndpoints):
     def init_process_group(self, addr: str, port: int) -> int:
         group = None
         if self.world_size > 1 or self.sharded:  # FSDP2 needs a process group, even of one rank
-            join_process_group(self.learner.backend, self.device, addr, port, self.rank, self.world_size)
+            join_process_group(self.learner.backend, self.device, addr, port, self.rank, self.world_size,
+                               timeout_s=self.learner.init_timeout_s)
             group = dist.group.WORLD
         if self.sharded:
             shard_module(self.policy.trainable_module(), self.device, self.world_size,

@@ -63,10 +63,17 @@ def kill_when(run_dir, iteration, name, pids):
     return t
 
 
-@pytest.mark.parametrize("restarts, fault", [(3, "faults/rollout_restart"), (0, "faults/rollout_reassigned")])
-def test_killed_rollout_actor_leaves_metrics_identical(local_ray, tmp_path, restarts, fault):
-    clean = baseline(tmp_path, FAST + ["run.iterations=4"])  # rollout.max_restarts does not change results
-    common = FAST + [f"run.output_dir={tmp_path}", "run.iterations=4", f"rollout.max_restarts={restarts}"]
+@pytest.mark.parametrize("restarts, fault, transport", [
+    (3, "faults/rollout_restart", "object_store"), (0, "faults/rollout_reassigned", "object_store"),
+    (3, "faults/rollout_restart", "collective"), (0, "faults/rollout_reassigned", "collective"),
+])
+def test_killed_rollout_actor_leaves_metrics_identical(local_ray, tmp_path, restarts, fault, transport):
+    # neither rollout.max_restarts nor the transport (fp32 weights, bit-identical) changes results;
+    # collective: a restarted actor gets the weights again from a re-formed group, and a dropped
+    # one is left out of the next group (no broadcast waits for it)
+    clean = baseline(tmp_path, FAST + ["run.iterations=4"])
+    common = FAST + [f"run.output_dir={tmp_path}", "run.iterations=4", f"rollout.max_restarts={restarts}",
+                     f"learner.sync_transport={transport}"]
     pids: list = []
     killer = kill_when(tmp_path / "killed", 1, "mixgrpo/rollout/1", pids)
     assert run(resolve(None, common + ["run.name=killed"])) == 0

@@ -89,6 +89,7 @@ def test_nccl_sets_the_device_before_joining_and_binds_it(fake_gpus, monkeypatch
     (what, current, kw), = calls
     assert current == "cuda:1" and kw["device_id"] == torch.device("cuda:1") and kw["backend"] == "nccl"
     assert kw["rank"] == 1 and kw["world_size"] == 2 and kw["init_method"] == "tcp://10.0.0.1:1234"
+    assert kw["timeout"].total_seconds() == 600.0
     calls.clear()
     assert devices.join_process_group("auto", torch.device("cpu"), "h", 1, 0, 2) == "gloo"
     assert "device_id" not in calls[0][2]
@@ -339,3 +340,20 @@ def test_dry_run_memory_from_safetensors_headers(tmp_path):
     assert learner["memory"].startswith(f"~{(frozen * 2 + n['transformer'] * 16) / 2**30:.1f} GiB weights + AdamW")
     assert "exceeds the 1e-09 GiB of Fake on cuda:0; use --config flux_lora" in learner["error"]
     assert "ERROR: " in format_rows([rollout, learner]).splitlines()[1] and "ERROR" not in format_rows([rollout])
+
+
+def test_a_rank_that_cannot_reach_rank_0_fails_within_the_timeout():
+    """Real rendezvous (gloo): rank 1 of 2 with nobody hosting the address gives up after
+    ``timeout_s`` with one line naming the address and the config key, not a hang."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"rank 1 of 2 could not join the process group at 127.0.0.1:{port} "
+                                           r"within learner.init_timeout_s=2s"):
+        devices.join_process_group("gloo", torch.device("cpu"), "127.0.0.1", port, 1, 2, timeout_s=2.0)
+    assert time.monotonic() - t0 < 30
+    assert not devices.dist.is_initialized()

@@ -28,8 +28,8 @@ def local_ray():
     ray.shutdown()
 
 
-def _groups(transport):
-    cfg = resolve(None, ["model.path=random", "learner.num_workers=2", "learner.num_cpus=0.5", "learner.strategy=fsdp",
+def _groups(transport, *extra):
+    cfg = resolve(None, [*extra, "model.path=random", "learner.num_workers=2", "learner.num_cpus=0.5", "learner.strategy=fsdp",
                          "learner.publish_dtype=bf16", "learner.sync_bucket_mb=0.02", f"learner.sync_transport={transport}",
                          "rollout.num_workers=2", "rollout.num_cpus=0.5", "optim.samples_per_update=4", "optim.lr=1e-3",
                          "grpo.group_size=4", "data.prompts_per_iteration=2"])
@@ -66,6 +66,38 @@ def test_sync_delivers_bit_identical_weights_and_detects_corruption(local_ray, t
             assert ray.get(rollouts.actors[0].version.remote()) == 1
             with pytest.raises(ray.exceptions.RayTaskError, match="last weight sync failed"):
                 ray.get(rollouts.actors[0].sample.remote(["a red circle"], [0], 0, 1, [])[0])
+    finally:
+        learners.shutdown()
+        rollouts.shutdown()
+
+
+@pytest.mark.parametrize("restarts", [1, 0])
+def test_collective_sync_survives_a_killed_rollout_actor(local_ray, restarts):
+    """A rollout process killed between syncs: restarted, it cannot fetch the version it lost by
+    itself (WeightsLost) and the next sync re-forms the group with it; dead for good, it is left
+    out and reported, and the broadcast to the others does not wait for it."""
+    import signal
+
+    learners, rollouts = _groups("collective", f"rollout.max_restarts={restarts}")
+    try:
+        traj, adv = _batch()
+        learners.train([ray.put(traj)], adv, 0)  # the learners' weights differ from the initial ones
+        sync = WeightSync(learners.actors, rollouts.actors, "collective")
+        assert sync.sync()[0] == 1
+        os.kill(ray.get(rollouts.actors[1].pid.remote()), signal.SIGKILL)
+        if restarts:
+            with pytest.raises(ray.exceptions.RayTaskError, match="lost weights v1"):
+                ray.get(rollouts.actors[1].sample.remote(["a red circle"], [0], 0, 1, sync.manifest)[2])
+        version, _ = sync.sync()
+        assert version == 2
+        full = learners.get_all("trainable_state")[0]
+        live = rollouts.actors if restarts else rollouts.actors[:1]
+        assert sync.gone == ([] if restarts else [1])
+        for state in ray.get([a.trainable_state.remote() for a in live]):
+            for k, v in full.items():
+                assert torch.equal(state[k], v.to(torch.bfloat16).float()), k
+        assert ray.get([a.version.remote() for a in live]) == [2] * len(live)
+        assert sync.sync()[0] == 3 and sync.gone == []  # the re-formed group keeps working
     finally:
         learners.shutdown()
         rollouts.shutdown()

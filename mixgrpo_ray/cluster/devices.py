@@ -13,6 +13,8 @@ node's GPUs); one given GPUs that torch cannot use is refused
 
 from __future__ import annotations
 
+import datetime
+
 import os
 from typing import Optional, Sequence
 
@@ -57,12 +59,15 @@ def actor_device(num_gpus: float) -> torch.device:
     return device
 
 
-def join_process_group(backend: str, device: torch.device, addr: str, port: int, rank: int, world_size: int) -> str:
+def join_process_group(backend: str, device: torch.device, addr: str, port: int, rank: int, world_size: int,
+                       timeout_s: float = 600.0) -> str:
     """``torch.distributed.init_process_group`` for one learner rank; returns the backend used.
 
     ``auto`` is NCCL on CUDA and gloo on CPU. For NCCL the rank's own GPU is made current first
     and passed as ``device_id`` (binding the communicator to it), so ranks on one node never share
-    GPU 0."""
+    GPU 0. ``timeout_s`` bounds the rendezvous (and every later collective of the group): a rank
+    that cannot reach rank 0's address, or whose peers never come, fails with a one-line reason
+    instead of waiting for ever."""
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {}
@@ -71,7 +76,16 @@ def join_process_group(backend: str, device: torch.device, addr: str, port: int,
             raise RuntimeError(f"learner.backend=nccl needs a GPU per learner, but rank {rank} computes on {device}")
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
-    dist.init_process_group(
-        backend=backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world_size, **kwargs
-    )
+    try:
+        dist.init_process_group(
+            backend=backend, init_method=f"tcp://{addr}:{port}", rank=rank, world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s), **kwargs
+        )
+    except (RuntimeError, TimeoutError, OSError) as exc:  # DistStoreError / DistNetworkError are RuntimeErrors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RuntimeError(
+            f"learner rank {rank} of {world_size} could not join the process group at {addr}:{port} "
+            f"within learner.init_timeout_s={timeout_s:g}s ({first}); check that every learner node can "
+            "reach that address and port, and that all ranks were placed"
+        ) from exc
     return backend

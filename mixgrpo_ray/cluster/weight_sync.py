@@ -55,6 +55,12 @@ class BucketRef:
     ref: Optional[ray.ObjectRef] = None
 
 
+class WeightsLost(RuntimeError):
+    """A restarted rollout actor was asked for a weight version it cannot fetch by itself (the
+    ``collective`` transport broadcasts each version once). The driver re-forms the sync group
+    with the live actors, resends the current version, and redoes the call."""
+
+
 class WeightSender:
     """A learner rank's side (see the module docstring)."""
 
@@ -150,15 +156,30 @@ class WeightSync:
 
     Learner actors implement ``publish(bump) -> (version, [BucketRef])``, ``send_weights(version)``,
     ``sync_endpoint()`` and ``join_weight_sync(addr, port, size, backend)``; rollout actors
-    ``set_weights(version, manifest) -> version`` and ``join_weight_sync(learner_rank, addr, port,
-    rank, size, backend)``."""
+    ``set_weights(version, manifest) -> version``, ``join_weight_sync(learner_rank, addr, port,
+    rank, size, backend)`` and ``pid()``.
+
+    ``collective``: a broadcast needs every member of its group, so before each sync the members'
+    processes are checked (one ``pid()`` call each): an actor that died for good is left out and
+    reported in :attr:`gone`, and when any member is gone or was restarted (a new process, outside
+    the group) the group is re-formed first. An actor that dies during the broadcast itself fails
+    the sync after the channel's timeout."""
 
     def __init__(self, learners: Sequence, rollouts: Sequence, transport: str, backend: str = "gloo") -> None:
         self.learners, self.rollouts = list(learners), list(rollouts)
         self.transport, self.backend = transport, backend
         self.manifest: list = []  # the last sync's buckets (rollout calls name them, to reload after a restart)
         self.gone: list[int] = []  # positions (in the rollouts of the last sync) of actors that had died
+        self.pids: list = []  # collective: the processes of the group's members, as formed
         if transport == "collective":
+            self._join()
+
+    def rejoin(self, rollouts: Sequence) -> None:
+        """``collective``: form new sync channels between the learner ranks and ``rollouts`` (the
+        live actors, a restarted one included; an actor that is gone is left out, so no broadcast
+        waits for it). Every member replaces its old channel."""
+        self.rollouts = list(rollouts)
+        if self.transport == "collective":
             self._join()
 
     def _join(self) -> None:
@@ -169,12 +190,29 @@ class WeightSync:
             calls.append(learner.join_weight_sync.remote(addr, port, size, self.backend))
             calls += [a.join_weight_sync.remote(r, addr, port, i + 1, size, self.backend) for i, a in enumerate(self.rollouts)]
         ray.get(calls)
+        self.pids = ray.get([a.pid.remote() for a in self.rollouts])
+
+    def _members(self, rollouts: list) -> list[int]:
+        """``collective``: positions of ``rollouts`` whose process is gone for good; re-forms the
+        group over the others when it is not exactly their current processes."""
+        pids = get_each([a.pid.remote() for a in rollouts])
+        gone = [i for i, p in enumerate(pids) if isinstance(p, BaseException) and actor_died(p)]
+        for p in pids:
+            if isinstance(p, BaseException) and not actor_died(p):
+                raise p
+        alive = [a for i, a in enumerate(rollouts) if i not in gone]
+        if alive != self.rollouts or [p for i, p in enumerate(pids) if i not in gone] != self.pids:
+            self.rejoin(alive)
+        return gone
 
     def sync(self, bump: bool = True, rollouts: Optional[Sequence] = None) -> tuple[int, dict]:
         """Publish, deliver (to ``rollouts``, default all) and verify; returns ``(version,
         {"sync/bytes", "sync/seconds", "sync/gbps"})``; :attr:`manifest` is the sync's buckets."""
         t0 = time.perf_counter()
         rollouts = self.rollouts if rollouts is None else list(rollouts)
+        gone_before = self._members(rollouts) if self.transport == "collective" else []
+        positions = [i for i in range(len(rollouts)) if i not in gone_before]
+        rollouts = [rollouts[i] for i in positions]
         results = ray.get([a.publish.remote(bump) for a in self.learners])
         versions = {v for v, _ in results}
         if len(versions) != 1:
@@ -187,7 +225,8 @@ class WeightSync:
         ray.get(sends)
         # a rollout actor that died (and was not restarted) is reported, not fatal: the driver
         # takes it out of the rotation; any other failure (e.g. a checksum) stops the sync
-        self.gone = [i for i, r in enumerate(results) if isinstance(r, BaseException) and actor_died(r)]
+        self.gone = sorted(gone_before + [positions[i] for i, r in enumerate(results)
+                                          if isinstance(r, BaseException) and actor_died(r)])
         loaded = [r for r in results if not (isinstance(r, BaseException) and actor_died(r))]
         for r in loaded:
             if isinstance(r, BaseException):

@@ -233,6 +233,8 @@ class LearnerConfig(ActorResources):
     sync_bucket_mb: Float = Field(256.0, gt=0)  # weight-sync bucket size (in the publish dtype)
     gpu_memory_gb: Float = Field(0.0, ge=0)  # memory of one learner GPU; > 0: train checks the plan fits
     placement_timeout_s: Float = Field(300.0, gt=0)  # how long the learner ranks' placement group may wait
+    # how long the ranks may take to form their process group (and the bound on any later collective)
+    init_timeout_s: Float = Field(600.0, gt=0)
 
     @model_validator(mode="after")
     def _nccl_needs_gpus(self) -> "LearnerConfig":

@@ -110,7 +110,16 @@ class Driver:
         """Wait for the rollout calls; a call whose actor is gone for good is redone on another."""
         chunks = [b.prompts[:: self.cfg.grpo.group_size] for b in batches]
         return collect_rollouts(self.rollout, batches,
-                                lambda c: self._scored(*self.rollout.submit(c, chunks[c], window, iteration)), self.faults)
+                                lambda c: self._scored(*self.rollout.submit(c, chunks[c], window, iteration)), self.faults,
+                                resend=self.resend_weights)
+
+    def resend_weights(self) -> None:
+        """``collective``: a restarted rollout actor lost its weights. Broadcast the current version
+        again (no new version); the sync re-forms the group first, the restarted process in it."""
+        self.broadcast(bump=False)
+        self.faults.record("weights_resent", "mixgrpo/learner/0",
+                           "a restarted rollout actor lost its weights; the sync group was re-formed and the "
+                           "current version broadcast again")
 
     def score(self, batches: list[RolloutBatch]) -> dict[str, torch.Tensor]:
         """Every reward's scores, flat in sample order (failed replicas and timeouts retried)."""

@@ -14,6 +14,7 @@ from mixgrpo_ray.cluster.metrics import FaultMetrics
 FAULT_KINDS = (
     "rollout_restart",  # a rollout actor's process died; Ray restarted it and its call was redone
     "rollout_reassigned",  # a rollout actor could not be restarted; its call ran on another actor
+    "weights_resent",  # collective transport: a restarted rollout actor lost its weights; group re-formed, resent
     "reward_retry",  # a scoring request failed (replica died) and went to another replica
     "reward_timeout",  # a scoring request exceeded rewards.<name>.timeout_s and was retried elsewhere
     "nonfinite_reward",  # scores that were NaN/inf: left out of that reward's group statistics

@@ -10,13 +10,14 @@ with the last complete checkpoint named and the command that resumes it.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Optional
 
 import torch
 
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster.actors import actor_name
 from mixgrpo_ray.cluster.retry import actor_died, get_each
+from mixgrpo_ray.cluster.weight_sync import WeightsLost
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.learner.group import LearnerFailed
 from mixgrpo_ray.rewards.server import RewardPoolDown
@@ -27,16 +28,24 @@ class RunStopped(RuntimeError):
     """The run cannot go on; the message says why and how to resume (one line)."""
 
 
-def collect_rollouts(rollout, batches: list, redo: Callable[[int], object], faults: FaultLog) -> list[RolloutMeta]:
+def collect_rollouts(rollout, batches: list, redo: Callable[[int], object], faults: FaultLog,
+                     resend: Optional[Callable[[], None]] = None) -> list[RolloutMeta]:
     """The metadata of every rollout call of ``batches`` (updated in place); a call whose actor is
-    gone for good is redone by ``redo(call)`` (a new batch) on a live actor."""
+    gone for good is redone by ``redo(call)`` (a new batch) on a live actor. A call that failed
+    because its restarted actor lost the weights (:class:`WeightsLost`, ``collective`` transport)
+    is redone after ``resend()`` (the driver re-forms the sync group and resends the weights)."""
     for _attempt in range(len(rollout.actors) + 1):
         results = get_each([b.meta for b in batches])
         failed = [c for c, r in enumerate(results) if isinstance(r, BaseException)]
         if not failed:
             break
+        if resend is not None and any(isinstance(results[c], WeightsLost) for c in failed):
+            resend()
         for c in failed:
             error = results[c]
+            if isinstance(error, WeightsLost) and resend is not None:
+                batches[c] = redo(c)
+                continue
             if not actor_died(error):
                 raise error
             for i in rollout.dead_of(error):

@@ -13,6 +13,8 @@ most 1.5 buckets; for ``collective`` nothing is copied beyond the bucket in flig
 
 from __future__ import annotations
 
+import os
+
 import time
 from pathlib import Path
 
@@ -82,6 +84,9 @@ class SyntheticRollout:
         torch.set_num_threads(1)
         self.targets = {k: torch.zeros(s) for k, s in shapes.items()}
         self.receiver = WeightReceiver()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def join_weight_sync(self, learner_rank: int, addr: str, port: int, rank: int, size: int, backend: str) -> None:
         self.receiver.join(learner_rank, addr, port, rank, size, backend)
