@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
 import ray
 import torch
 
-from mixgrpo_ray.algo.rollout import RolloutMeta, sample_groups, sample_images
+from mixgrpo_ray.algo.rollout import RolloutMeta, images_for, sample_groups, sample_images
 from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
@@ -30,6 +30,7 @@ from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
 from mixgrpo_ray.models.build import build_policy, eval_batch_size
+from mixgrpo_ray.models.reward_input import RewardInput
 
 
 class RolloutWorker:
@@ -94,9 +95,12 @@ class RolloutWorker:
         return self.policy.trainable_state_dict()
 
     @ray.method(num_returns=3)
-    def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int, version: int, weights: list):
+    def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int, version: int, weights: list,
+               inputs: Sequence[Optional[RewardInput]] = (None,)):
         """``grpo.group_size`` images per prompt with weight ``version`` (whose sync manifest is
-        ``weights``); returns (images, trajectory, RolloutMeta)."""
+        ``weights``); returns (images, trajectory, RolloutMeta), the images once per entry of
+        ``inputs`` (:func:`~mixgrpo_ray.algo.rollout.images_for`: ``None`` as sampled, else resized
+        as that reward input needs; call with ``num_returns=len(inputs) + 2``)."""
         self._use(version, weights)
         if not self.weights_ok:
             raise RuntimeError(f"rollout actor {self.index}: the last weight sync failed; refusing to sample")
@@ -108,18 +112,24 @@ class RolloutWorker:
                            num_images=int(out.images.shape[0]),
                            num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed, pid=os.getpid())
         self._metrics.sampled(meta.num_images, out.nfe, elapsed)
-        return out.images, out.trajectory, meta
+        return (*images_for(out.images, inputs), out.trajectory, meta)
 
-    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int], version: int, weights: list) -> torch.Tensor:
+    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int], version: int, weights: list,
+                    inputs: Optional[Sequence[Optional[RewardInput]]] = None):
         """Deterministic ODE images (full Euler schedule) with weight ``version``, uint8; the policy
-        sees at most ``data.eval_batch_size`` images at once."""
+        sees at most ``data.eval_batch_size`` images at once. With ``inputs``, a tuple: the images
+        once per entry, as :meth:`sample` (call with ``num_returns=len(inputs)``)."""
         self._use(version, weights)
-        return sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps, shift=self.sampling.shift,
-                             batch_size=self.eval_batch_size)
+        images = sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps,
+                               shift=self.sampling.shift, batch_size=self.eval_batch_size)
+        if inputs is None:
+            return images
+        out = images_for(images, inputs)
+        return out[0] if len(out) == 1 else out
 
     def grid_png(self, prompts: Sequence[str], seed: int, version: int, weights: list, title: str = "") -> bytes:
         """A captioned PNG grid of one deterministic image per prompt."""
-        images = self.sample_eval(prompts, [seed + i for i in range(len(prompts))], version, weights)
+        images = self.sample_eval(prompts, [seed + i for i in range(len(prompts))], version, weights, None)
         return grid_png(images, list(prompts), title=title)
 
 
@@ -129,6 +139,11 @@ class RolloutWorkers(ActorGroup):
     live actor ``c mod live``. The calls and their seeds never depend on which actors are alive, so
     a call redone elsewhere gives the same samples. ``eval_batch`` is ``data.eval_batch_size`` (0:
     the model's default)."""
+
+    #: the images every call returns, one object per reward input the reward pools need (the
+    #: driver sets it from the pools, :meth:`~mixgrpo_ray.rewards.server.RewardPools.inputs`;
+    #: ``None``: as sampled)
+    inputs: Sequence[Optional[RewardInput]] = (None,)
 
     def __init__(self, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig, rollout: RolloutConfig,
                  seed: int, eval_batch: int = 0) -> None:
@@ -159,12 +174,18 @@ class RolloutWorkers(ActorGroup):
         return self.live[call % len(self.live)]
 
     def submit(self, call: int, chunk: list[str], window: Sequence[int], iteration: int) -> tuple:
-        """Start sampling call ``call`` of ``iteration``: ``(prompts, images_ref, trajectory_ref,
-        meta_ref)``, each prompt repeated ``group_size`` times (one per image)."""
+        """Start sampling call ``call`` of ``iteration``: ``(prompts, images, trajectory_ref,
+        meta_ref)``, each prompt repeated ``group_size`` times (one per image); ``images`` maps each
+        of :attr:`inputs` to the ObjectRef of the images as that reward input needs them."""
         actor = self.actors[self.actor_for(call)]
-        images, traj, meta = actor.sample.remote(chunk, list(window), rollout_seed(self.seed, iteration, call),
-                                                 self.version, self.weights)
-        return [p for p in chunk for _ in range(self.group_size)], images, traj, meta
+        inputs, args = list(self.inputs), (chunk, list(window), rollout_seed(self.seed, iteration, call),
+                                           self.version, self.weights)
+        if inputs == [None]:  # every reward takes the images as sampled
+            images, traj, meta = actor.sample.remote(*args)
+            images = [images]
+        else:
+            *images, traj, meta = actor.sample.options(num_returns=len(inputs) + 2).remote(*args, inputs)
+        return [p for p in chunk for _ in range(self.group_size)], dict(zip(inputs, images)), traj, meta
 
     def sample(self, prompts: list[str], window: Sequence[int], iteration: int) -> list[tuple]:
         """Start every sampling call of ``iteration`` (see :meth:`submit`)."""
@@ -191,9 +212,11 @@ class RolloutWorkers(ActorGroup):
         states = get_each([self.actors[i].pid.remote() for i in self.live], timeout_s=60)
         return [i for i, st in zip(list(self.live), states) if isinstance(st, BaseException) and actor_died(st)]
 
-    def sample_eval(self, prompts: list[str], seeds: list[int]) -> list[tuple[list[str], ray.ObjectRef]]:
+    def sample_eval(self, prompts: list[str], seeds: list[int]) -> list[tuple[list[str], dict]]:
         """Evaluation images of every (prompt, seed) pair, spread evenly over the live actors in
-        calls of at most ``eval_batch_size`` images (in order): ``(prompts, images_ref)`` per call."""
+        calls of at most ``eval_batch_size`` images (in order): ``(prompts, images)`` per call,
+        ``images`` mapping each of :attr:`inputs` to an ObjectRef as in :meth:`submit`."""
+        inputs = list(self.inputs)
         pairs = list(zip(prompts, seeds))
         out = []
         for c, share in enumerate(split_evenly(pairs, len(self.live))):
@@ -201,7 +224,13 @@ class RolloutWorkers(ActorGroup):
             for start in range(0, len(share), self.eval_batch_size):
                 chunk = share[start : start + self.eval_batch_size]
                 ps = [p for p, _ in chunk]
-                out.append((ps, actor.sample_eval.remote(ps, [s for _, s in chunk], self.version, self.weights)))
+                args = (ps, [s for _, s in chunk], self.version, self.weights)
+                if inputs == [None]:
+                    refs = [actor.sample_eval.remote(*args)]
+                else:
+                    refs = actor.sample_eval.options(num_returns=len(inputs)).remote(*args, inputs)
+                    refs = refs if len(inputs) > 1 else [refs]
+                out.append((ps, dict(zip(inputs, refs))))
         return out
 
     def grid_png(self, prompts: list[str], seed: int, title: str) -> bytes:

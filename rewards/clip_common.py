@@ -172,6 +172,13 @@ class ClipEmbedder:
         self.clean_prompts = clean_prompts
         self.autocast = autocast
 
+    def input_declaration(self) -> tuple[int | None, str]:
+        """``(input_size, input_resize)`` for the reward using this embedder: the first resize of
+        its preprocessing (:meth:`ImagePreprocess.input`), ``(None, ...)`` where there is none
+        a rollout actor can do exactly."""
+        spec = self.preprocess.input()
+        return (None, "shortest_edge") if spec is None else (spec.size, spec.resize)
+
     def _autocast(self) -> Any:
         """``torch.autocast`` of ``self.autocast`` on the model's device type, or a no-op context."""
         if self.autocast is None:

@@ -13,32 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from mixgrpo_ray.models.reward import as_float01
+from mixgrpo_ray.models.reward_input import (  # noqa: F401 - resize_bicubic_like_pil re-exported
+    RewardInput,
+    longest_edge_size,
+    resize_bicubic_like_pil,
+    shortest_edge_size,
+)
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def resize_bicubic_like_pil(images: torch.Tensor, size: tuple[int, int], quantize: bool = True) -> torch.Tensor:
-    """Bicubic antialiased resize of float ``(B, C, H, W)`` images in ``[0, 255]`` to ``size=(h, w)``.
-
-    With ``quantize`` it mirrors PIL on 8-bit images: the width pass, then the height pass, each
-    result clamped to ``[0, 255]`` and rounded (PIL keeps the intermediate image in 8 bits).
-    Without, one float pass (clamped, not rounded).
-    """
-    out_h, out_w = size
-    if images.shape[-2:] == (out_h, out_w):
-        return images
-    if not quantize:
-        out = F.interpolate(images, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
-        return out.clamp(0.0, 255.0)
-    x = images
-    if x.shape[-1] != out_w:
-        x = F.interpolate(x, size=(x.shape[-2], out_w), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(0.0, 255.0).round()
-    if x.shape[-2] != out_h:
-        x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(0.0, 255.0).round()
-    return x
 
 
 @dataclass(frozen=True)
@@ -83,8 +66,7 @@ class ImagePreprocess:
 
     def _pad_size(self, height: int, width: int) -> tuple[int, int]:
         """open_clip ``ResizeMaxSize``'s new ``(h, w)``: ``round(side * (size / max(h, w)))``."""
-        scale = self.size / float(max(height, width))
-        return round(height * scale), round(width * scale)
+        return longest_edge_size(height, width, self.size)
 
     def _pad(self, x: torch.Tensor, new_h: int, new_w: int) -> torch.Tensor:
         pad_h, pad_w = self.size - new_h, self.size - new_w
@@ -99,11 +81,7 @@ class ImagePreprocess:
         height, width = x.shape[-2:]
         s = self.size
         if self.mode == "crop":
-            short_target = self.resize_to or s
-            if height <= width:
-                new_h, new_w = short_target, int(short_target * width / height)
-            else:
-                new_h, new_w = int(short_target * height / width), short_target
+            new_h, new_w = shortest_edge_size(height, width, self.resize_to or s)
             x = resize_bicubic_like_pil(x, (new_h, new_w), self.quantize)
             if new_h < s or new_w < s:
                 raise ValueError(f"resized image {new_h}x{new_w} is smaller than the {s}x{s} crop")
@@ -117,16 +95,31 @@ class ImagePreprocess:
         return (x / 255.0 - mean) / std
 
     def _tensor_pipeline(self, images: torch.Tensor) -> torch.Tensor:
-        """ToTensor -> ResizeMaxSize (float bicubic, antialiased; zero pad) -> Normalize."""
-        x = as_float01(images)
-        height, width = x.shape[-2:]
+        """ToTensor -> ResizeMaxSize (float bicubic, antialiased; zero pad) -> Normalize. A float
+        image that already has the resized shape (resized by :meth:`input` ahead) is used as it is,
+        bicubic overshoot outside ``[0, 1]`` included, as the original keeps it."""
+        height, width = images.shape[-2:]
         new_h, new_w = self._pad_size(height, width)
         if (new_h, new_w) != (height, width):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+            x = F.interpolate(as_float01(images), size=(new_h, new_w), mode="bicubic", antialias=True,
+                              align_corners=False)
+        else:
+            x = images.to(torch.float32) / 255.0 if images.dtype == torch.uint8 else images.to(torch.float32)
         x = self._pad(x, new_h, new_w)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def input(self) -> RewardInput | None:
+        """The resize this preprocessing does first, as a rollout actor can do it ahead
+        (:mod:`mixgrpo_ray.models.reward_input`): the 8-bit shortest-edge resize (``"pil"``
+        crop), the float longest-edge resize (``"tensor"`` pad); ``None`` for the 8-bit pad and the
+        unquantised crop, which have no exact counterpart there."""
+        if self.pipeline == "tensor":
+            return RewardInput(self.size, "longest_edge_float")
+        if self.mode == "crop" and self.quantize:
+            return RewardInput(self.resize_to or self.size, "shortest_edge")
+        return None
 
     @classmethod
     def from_processor_dict(cls, cfg: dict[str, Any] | None, default_size: int) -> "ImagePreprocess":

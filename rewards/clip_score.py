@@ -44,6 +44,7 @@ class CLIPScoreReward(RewardModel):
         self.scale = float(scale)
         self.score_range = (-abs(self.scale), abs(self.scale))
         self.embedder = embedder_from_pretrained("clip", model, processor, device, dtype, batch_size)
+        self.input_size, self.input_resize = self.embedder.input_declaration()
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """``scale`` times the cosine of each image with its prompt, ``(B,)``."""

@@ -11,7 +11,10 @@ names one of:
 
 Images are ``(batch, 3, H, W)`` float32 in ``[0, 1]``; prompts a list of strings. The result is
 anything ``torch.as_tensor`` reads with one number per image (a tensor, a list of floats, a
-NumPy array). The module must be importable on every reward replica: installed in the cluster's
+NumPy array). A class, its instances or a function may declare the input it needs with the
+attributes ``input_size`` (an int: images arrive resized, see
+:mod:`mixgrpo_ray.models.reward_input`) and ``input_resize`` (default ``"shortest_edge"``); without
+them it gets the images as sampled. The module must be importable on every reward replica: installed in the cluster's
 environment, or shipped with ``ray job submit --working-dir .`` / ``runtime_env.py_modules``.
 """
 
@@ -24,6 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mixgrpo_ray.models.reward import RewardModel, as_float01
+from mixgrpo_ray.models.reward_input import declared_input
 
 
 def import_target(target: str) -> Any:
@@ -62,8 +66,14 @@ class PythonReward(RewardModel):
             elif not callable(instance):
                 raise ValueError(f"reward target {target!r}: instances of the class must be callable (images, prompts)")
             self._fn = instance
+            declares = instance
         else:
             self._fn = lambda images, prompts: obj(images, prompts, **options)
+            declares = obj
+        # an optional declaration of the input it needs (default: the images as sampled)
+        spec = declared_input(declares)
+        if spec is not None:
+            self.input_size, self.input_resize = spec.size, spec.resize
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         if self.inner is not None:

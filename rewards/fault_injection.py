@@ -34,6 +34,7 @@ class InjectedFaults(RewardModel):
             raise ValueError(f"options._inject: unknown key(s) {unknown}; use {', '.join(KEYS)}")
         self.model, self.spec, self.replica = model, dict(spec), replica
         self.name, self.score_range, self.can_fail = model.name, model.score_range, model.can_fail
+        self.input_size, self.input_resize = model.input_size, model.input_resize
 
     def _hangs(self) -> bool:
         s = self.spec

@@ -120,6 +120,7 @@ class HPSv21Reward(RewardModel):
             model, tok, preprocess, dev, dt, batch_size=batch_size,
             context_length=77, clean_prompts=True, autocast=amp,
         )
+        self.input_size, self.input_resize = self.embedder.input_declaration()
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Cosine of each image's and its prompt's normalised HPS embeddings, ``(B,)``."""

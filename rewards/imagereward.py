@@ -231,6 +231,8 @@ class ImageRewardReward(RewardModel):
         self.model.text.to(self.device, self.dtype)
         self.model.head.to(self.device, torch.float32)
         self.tokenizer = load_imagereward_tokenizer(tokenizer)
+        # the original's first step: PIL bicubic of the shorter side to the ViT's size
+        self.input_size, self.input_resize = self.model.image_size, "shortest_edge_pil"
         if len(self.tokenizer) > self.model.text.config.vocab_size:
             raise ValueError(
                 f"tokenizer has {len(self.tokenizer)} tokens but the text encoder only "

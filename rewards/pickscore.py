@@ -69,6 +69,7 @@ class PickScoreReward(RewardModel):
         self.normalize = normalize
         self.use_scale, self.offset, self.divisor = NORMALIZATIONS[normalize]
         self.embedder = embedder_from_pretrained("pickscore", model, processor, device, dtype, batch_size)
+        self.input_size, self.input_resize = self.embedder.input_declaration()
         self.scale = self.embedder.logit_scale()  # float32, read before the cast to dtype
         top = self.scale if self.use_scale else 1.0
         self.score_range = ((-top - self.offset) / self.divisor, (top - self.offset) / self.divisor)

@@ -9,13 +9,21 @@ in flight. A replica whose process dies is restarted by Ray (``rewards.<name>.ma
 longer than ``rewards.<name>.timeout_s`` (the hung replica is then killed and restarted), to
 another replica, and raises :class:`RewardPoolDown` when no replica has answered for
 ``rewards.<name>.max_down_s``.
+
+Each pool learns once, from its replicas' :meth:`RewardServer.info`, the input its model declares
+(:class:`~mixgrpo_ray.models.reward_input.RewardInput`, ``None``: full resolution);
+:meth:`RewardPools.inputs` tells the driver which image objects rollout actors must send, and
+:meth:`RewardPools.submit` forwards to each pool the one it needs. A replica merges the requests
+waiting for it into batches of up to ``rewards.<name>.batch_size`` images (:class:`RewardServer`).
 """
 
 from __future__ import annotations
 
+import collections
 import inspect
+import threading
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import ray
 import torch
@@ -25,6 +33,7 @@ from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.cluster.retry import actor_died
 from mixgrpo_ray.config import RewardConfig
+from mixgrpo_ray.models.reward_input import RewardInput
 from mixgrpo_ray.rewards.fault_injection import InjectedFaults
 from mixgrpo_ray.rewards.registry import build_reward, reward_class
 
@@ -52,9 +61,50 @@ class RewardPoolDown(RuntimeError):
         self.pool = name
 
 
+class _Request:
+    """One caller's images waiting to be scored, possibly over several merged batches."""
+
+    def __init__(self, images: torch.Tensor, prompts: list[str]) -> None:
+        self.images, self.prompts = images, prompts
+        self.size = int(images.shape[0])
+        self.taken = 0  # images handed to a batch so far
+        self.parts: dict[int, torch.Tensor] = {}  # start -> scores of images[start : start + len]
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def key(self) -> tuple:
+        """Requests merge only when their images concatenate (shape, dtype, device)."""
+        return tuple(self.images.shape[1:]), self.images.dtype, self.images.device
+
+    def finish(self, start: int, scores: torch.Tensor | None, error: BaseException | None = None) -> None:
+        if error is not None and self.error is None:
+            self.error = error
+        if scores is not None:
+            self.parts[start] = scores.clone()  # its own storage, not a view of the merged batch
+        if self.error is not None or sum(len(p) for p in self.parts.values()) == self.size:
+            self.done.set()
+
+    def result(self) -> torch.Tensor:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return torch.cat([self.parts[k] for k in sorted(self.parts)]) if self.parts else torch.zeros(0)
+
+
 class RewardServer:
-    """One replica: a reward model on its own device (:func:`placed_options`) that scores image
-    batches in chunks of ``batch_size``."""
+    """One replica: a reward model on its own device (:func:`placed_options`) that scores images
+    in batches of at most ``batch_size``.
+
+    The replica takes up to ``MAX_CONCURRENCY`` requests at once (a threaded Ray actor); they wait
+    in one queue, and a single scoring thread takes the next batch from its head: the oldest
+    requests' images up to ``batch_size`` (a larger request is split over batches), so requests
+    that arrive while a batch is being scored are merged into the next one; each caller gets
+    exactly its own scores back. Requests merge only when their images concatenate (same shape
+    and dtype); when a merged batch raises, each request in it is scored on its own, so one bad
+    request fails only its own caller."""
+
+    #: requests a replica accepts at once (each waits on a Ray actor thread)
+    MAX_CONCURRENCY = 64
 
     def __init__(self, name: str, kind: str, options: dict, batch_size: int, torch_threads: int, replica: int,
                  num_gpus: float = 0.0) -> None:
@@ -69,22 +119,100 @@ class RewardServer:
             self.model = InjectedFaults(self.model, inject, replica)
         self.batch_size = int(batch_size)
         self._metrics = ray_metrics.RewardMetrics(name, replica)
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._wake = threading.Condition()
+        self._stats = {"requests": 0, "images": 0, "model_calls": 0}
+        self._scorer: threading.Thread | None = None
 
     def info(self) -> dict:
+        spec = self.model.input()
         return {"name": self.name, "can_fail": bool(self.model.can_fail), "range": list(self.model.score_range),
-                "device": str(self.device)}
+                "device": str(self.device), "input": None if spec is None else spec.to_dict(),
+                "batch_size": self.batch_size}
+
+    def stats(self) -> dict:
+        """Requests and images scored since the replica started, and the model calls (batches) it took."""
+        with self._wake:
+            return dict(self._stats)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """``(B,)`` float32 scores; NaN marks an image the model failed to score (the driver
         leaves those out of the reward's group statistics and counts them)."""
         t0 = time.perf_counter()
-        out = []
-        for i in range(0, images.shape[0], self.batch_size):
-            out.append(self.model(images[i : i + self.batch_size], list(prompts[i : i + self.batch_size])))
-        scores = torch.cat(out) if out else torch.zeros(0)
+        prompts = list(prompts)
+        if images.ndim != 4 or images.shape[1] != 3 or len(prompts) != images.shape[0]:
+            self.model(images, prompts)  # raises the model's own one-line error, for this caller only
+        request = _Request(images, prompts)
+        if request.size:
+            with self._wake:
+                self._queue.append(request)
+                self._stats["requests"] += 1
+                self._stats["images"] += request.size
+                if self._scorer is None:
+                    self._scorer = threading.Thread(target=self._score_loop, name=f"reward-{self.name}", daemon=True)
+                    self._scorer.start()
+                self._wake.notify()
+        scores = request.result() if request.size else torch.zeros(0)
         failures = int((~torch.isfinite(scores)).sum())
         self._metrics.record(int(images.shape[0]), failures, time.perf_counter() - t0)
         return scores
+
+    def _next_batch(self) -> list[tuple[_Request, int, int]]:
+        """``(request, start, stop)`` slices of the oldest waiting requests, at most ``batch_size``
+        images in all, all of one :meth:`_Request.key` (called holding the lock)."""
+        batch, n = [], 0
+        while self._queue and n < self.batch_size:
+            request = self._queue[0]
+            if request.error is not None:  # an earlier part failed: the caller has its answer
+                self._queue.popleft()
+                continue
+            if batch and request.key() != batch[0][0].key():
+                break
+            k = min(self.batch_size - n, request.size - request.taken)
+            batch.append((request, request.taken, request.taken + k))
+            request.taken += k
+            n += k
+            if request.taken == request.size:
+                self._queue.popleft()
+        return batch
+
+    def _score_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                self._score_batch(batch)
+            except BaseException as exc:  # noqa: BLE001 - never leave a caller waiting
+                for request, start, _stop in batch:
+                    request.finish(start, None, exc)
+
+    def _call_model(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        with self._wake:
+            self._stats["model_calls"] += 1
+        return self.model(images, prompts)
+
+    def _score_batch(self, batch: list[tuple[_Request, int, int]]) -> None:
+        try:
+            if len(batch) == 1:
+                images = batch[0][0].images[batch[0][1] : batch[0][2]]
+            else:
+                images = torch.cat([r.images[a:b] for r, a, b in batch])
+            scores = self._call_model(images, [p for r, a, b in batch for p in r.prompts[a:b]])
+        except BaseException as exc:  # noqa: BLE001 - handed to the callers
+            if len(batch) == 1:
+                batch[0][0].finish(batch[0][1], None, exc)
+                return
+            for part in batch:  # one bad request must not fail the others merged with it
+                self._score_batch([part])
+            return
+        at = 0
+        for r, a, b in batch:
+            r.finish(a, scores[at : at + b - a])
+            at += b - a
 
 
 class RewardPool(ActorGroup):
@@ -95,7 +223,7 @@ class RewardPool(ActorGroup):
         super().__init__(spawn_actors(
             RewardServer, f"reward/{name}", cfg.replicas, cfg,
             lambda i: (name, cfg.kind, cfg.model_kwargs(), cfg.batch_size, cfg.torch_threads, i, cfg.num_gpus),
-            max_restarts=cfg.max_restarts,
+            max_restarts=cfg.max_restarts, max_concurrency=RewardServer.MAX_CONCURRENCY,
         ))
         self.name = name
         self.cfg = cfg
@@ -111,6 +239,12 @@ class RewardPool(ActorGroup):
     @property
     def can_fail(self) -> bool:
         return bool(self.info["can_fail"])
+
+    @property
+    def input(self) -> RewardInput | None:
+        """The images this reward needs (:class:`RewardInput`; ``None``: as sampled), as its
+        replicas declared it once at start."""
+        return RewardInput.from_dict(self.info.get("input"))
 
     def _pick(self, avoid: int = -1) -> int:
         for i, refs in enumerate(self._in_flight):
@@ -174,9 +308,16 @@ class RewardPools(dict):
             self.shutdown()
             raise
 
-    def submit(self, images_ref: ray.ObjectRef, prompts: Sequence[str]) -> dict[str, ray.ObjectRef]:
-        """Every pool scores the images behind ``images_ref``: name -> scores ObjectRef."""
-        return {name: pool.submit(images_ref, prompts) for name, pool in self.items()}
+    def inputs(self) -> list[RewardInput | None]:
+        """The distinct inputs the pools need, in pool order (``None``: full resolution): what a
+        rollout actor sends (:func:`pick_images`)."""
+        return list(dict.fromkeys(pool.input for pool in self.values()))
+
+    def submit(self, images: ray.ObjectRef | Mapping, prompts: Sequence[str]) -> dict[str, ray.ObjectRef]:
+        """Every pool scores the images: ``images`` is one ObjectRef for all pools, or a mapping
+        of input (:meth:`inputs`) -> ObjectRef from which each pool takes its own
+        (:func:`pick_images`). Returns name -> scores ObjectRef."""
+        return {name: pool.submit(pick_images(images, pool.input), prompts) for name, pool in self.items()}
 
     def gather(self, requests: Sequence[dict], on_fault: OnFault) -> dict[str, torch.Tensor]:
         """Every reward's scores of ``requests`` (results of :meth:`submit`), flat in order."""
@@ -189,3 +330,17 @@ class RewardPools(dict):
     def shutdown(self) -> None:
         for pool in self.values():
             pool.shutdown()
+
+
+def pick_images(images: ray.ObjectRef | Mapping, needed: RewardInput | None) -> ray.ObjectRef:
+    """The ObjectRef a pool that needs ``needed`` scores: ``images`` itself when it is one ref
+    (images as sampled serve every reward: its model resizes them itself), else
+    ``images[needed]``, or the full-resolution ``images[None]`` when the rollout did not send that
+    size."""
+    if not isinstance(images, Mapping):
+        return images
+    if needed in images:
+        return images[needed]
+    if None in images:
+        return images[None]
+    raise KeyError(f"no images for reward input {needed} (sent: {', '.join(map(str, images))})")

@@ -28,6 +28,25 @@ def test_function_class_and_reward_model_targets():
     assert out[0] == 0.5 and torch.isnan(out[1])
 
 
+def test_plugins_may_declare_their_input_and_default_to_full_resolution():
+    from mixgrpo_ray.models.reward_input import RewardInput
+
+    images = (torch.rand(2, 3, 32, 48) * 255).round().to(torch.uint8)
+    prompts = ["a red circle", "x"]
+    # declaring nothing (the API before declarations existed): the images as sampled
+    for target in ("custom_rewards:words", "custom_rewards:Brightness", "custom_rewards:Judge"):
+        assert build_reward("python", target=target).input() is None
+    fn = build_reward("python", target="custom_rewards:side")
+    assert fn.input() == RewardInput(16, "shortest_edge")
+    assert fn(images, prompts).tolist() == [24.0, 24.0]  # full resolution in: resized before the call
+    assert fn(fn.input().apply(images), prompts).tolist() == [24.0, 24.0]  # resized ahead: the same
+    small = build_reward("python", target="custom_rewards:SmallBrightness", scale=2.0)
+    assert small.input() == RewardInput(8, "shortest_edge_pil")
+    torch.testing.assert_close(small(images, prompts), small(small.input().apply(images), prompts), atol=0, rtol=0)
+    judge = build_reward("python", target="custom_rewards:FloatJudge")
+    assert judge.input() == RewardInput(8, "longest_edge_float") and judge.can_fail
+
+
 @pytest.mark.parametrize("target,needle", [
     ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
     ("custom_rewards:missing", "has no attribute 'missing'"),
@@ -70,6 +89,9 @@ def test_short_run_with_python_rewards(tmp_path, monkeypatch):
         "rewards.words.options={per_word: 0.25}", "rewards.words.num_cpus=0.25",
         "rewards.bright.kind=python", "rewards.bright.target=custom_rewards:Brightness",
         "rewards.bright.options={scale: 3}", "rewards.bright.num_cpus=0.25",
+        # declares a 16-pixel input: rollout actors send it resized images, the others full ones
+        "rewards.side.kind=python", "rewards.side.target=custom_rewards:side", "rewards.side.weight=0",
+        "rewards.side.num_cpus=0.25",
         "rollout.num_cpus=0.5", "learner.num_cpus=0.5", "rewards.prompt_following.num_cpus=0.25",
         "run.iterations=2", "run.checkpoint_every=0", "run.grid_every=0", "run.grid_prompts=0", "run.progress=false",
         f"run.output_dir={tmp_path}", "run.name=py", "ray.num_cpus=4", "ray.dashboard=false",
@@ -83,6 +105,8 @@ def test_short_run_with_python_rewards(tmp_path, monkeypatch):
     assert table["reward/words"] == [0.25 * len(p.split()) for p in table["prompt"]]
     assert max(table["reward/bright"]) > min(table["reward/bright"])  # per-image values, not a constant
     assert "eval/reward/words" in run.read_metrics()[-1]
+    # the tiny model samples 32x32: the declared reward saw 16x16, the others full resolution
+    assert set(table["reward/side"]) == {16.0} and "eval/reward/side" in run.read_metrics()[-1]
 
 
 def test_readme_example_is_a_working_reward(tmp_path, monkeypatch):

@@ -420,3 +420,26 @@ def test_hps_autocast_runs_the_forward_in_lower_precision(hps, hps_files):
     full, low = hps(images, prompts), amp(images, prompts)
     assert low.dtype == torch.float32
     assert 0 < (full - low).abs().max() < 0.05
+
+
+# ---- reward traffic: images resized ahead by the rollout actor ---------------------------------
+
+@pytest.mark.parametrize("height,width", [(96, 96), (90, 61), (61, 90)])
+def test_hps_scores_images_resized_ahead_as_full_resolution(hps, height, width):
+    """The declared input (open_clip's float longest-edge resize) done ahead, as a rollout actor
+    does, gives the score of the model's own preprocessing on the full image: exactly on CPU
+    (tolerance 1e-6 for float noise), bicubic overshoot outside [0, 1] included."""
+    from mixgrpo_ray.models.reward_input import RewardInput
+
+    spec = hps.input()
+    assert spec == RewardInput(28, "longest_edge_float")
+    blocks = _noise(3, height // 6, width // 6, seed=11) // 128 * 255  # hard black/white edges
+    images = F.interpolate(blocks.float(), size=(height, width), mode="nearest").to(torch.uint8)
+    prompts = ["the red cat", "a dog", "red"]
+    ahead = spec.apply(images)
+    assert ahead.dtype == torch.float32 and max(ahead.shape[-2:]) == 28
+    assert ahead.min() < 0 or ahead.max() > 1  # overshoot travels as floats
+    full = hps.score(images, prompts)  # the model's own preprocessing, full resolution
+    torch.testing.assert_close(hps(ahead, prompts), full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(hps(images, prompts), full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(spec.apply(ahead), ahead, atol=0, rtol=0)  # twice is once

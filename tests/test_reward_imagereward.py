@@ -294,3 +294,24 @@ def test_registry_and_checkpoint_paths(checkpoint, tmp_path):
     )
     images = _images(n=1)
     torch.testing.assert_close(r2(images, PROMPTS[:1]), r(images, PROMPTS[:1]))
+
+
+# ---------------------------------------------------------------- reward traffic
+
+
+@pytest.mark.parametrize("height,width", [(96, 96), (48, 64), (70, 40)])
+def test_imagereward_scores_images_resized_ahead_as_full_resolution(reward, height, width):
+    """The declared input (the original's PIL bicubic shortest-edge resize) done ahead, as a
+    rollout actor does, gives the score of the model's own preprocessing on the full image:
+    exactly on CPU (tolerance 1e-6 for float noise)."""
+    from mixgrpo_ray.models.reward_input import RewardInput
+
+    spec = reward.input()
+    assert spec == RewardInput(VISION["image"], "shortest_edge_pil")
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (3, 3, height, width), generator=g, dtype=torch.uint8)
+    ahead = spec.apply(images)
+    assert ahead.dtype == torch.uint8 and min(ahead.shape[-2:]) == VISION["image"]
+    full = reward.score(images, PROMPTS[:3])  # the model's own preprocessing, full resolution
+    torch.testing.assert_close(reward(ahead, PROMPTS[:3]), full, atol=1e-6, rtol=0)
+    assert torch.equal(spec.apply(ahead), ahead)  # twice is once

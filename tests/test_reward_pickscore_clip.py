@@ -197,3 +197,31 @@ def test_helpers_dtype_and_prompt_cleaning():
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int8", cpu)
     assert clean_prompt_open_clip("  a &amp;amp; b \n\t c  ") == "a & b c"
+
+
+# ---- reward traffic: images resized ahead by the rollout actor ---------------------------------
+
+@pytest.mark.parametrize("height,width", [(112, 112), (40, 61), (62, 40)])
+@pytest.mark.parametrize("kind", ["pickscore", "clip"])
+def test_clip_family_scores_images_resized_ahead_as_full_resolution(clip_folder, kind, height, width):
+    """The declared input (the CLIP processor's 8-bit shortest-edge resize) done ahead, as a
+    rollout actor does, gives the score of the model's own preprocessing on the full image:
+    exactly on CPU (tolerance 1e-6 for float noise); uint8 and float images alike."""
+    from mixgrpo_ray.models.reward_input import RewardInput
+
+    reward = build_reward(kind, model=str(clip_folder), device="cpu", batch_size=2)
+    spec = reward.input()
+    assert spec == RewardInput(28, "shortest_edge")
+    for images in (_images(5, height, width, seed=5), _images(5, height, width, seed=6).float() / 255.0):
+        ahead = spec.apply(images)
+        assert ahead.dtype == torch.uint8 and min(ahead.shape[-2:]) == 28
+        full = reward.score(images, PROMPTS)  # the model's own preprocessing, full resolution
+        torch.testing.assert_close(reward(ahead, PROMPTS), full, atol=1e-6, rtol=0)
+        torch.testing.assert_close(spec.apply(ahead), ahead, atol=0, rtol=0)  # twice is once
+
+
+def test_unquantised_or_padded_pil_preprocessing_declares_nothing():
+    # no exact counterpart a rollout actor could compute: such a model gets full resolution
+    assert ImagePreprocess(size=28, mode="pad").input() is None
+    assert ImagePreprocess(size=28, mode="crop", quantize=False).input() is None
+    assert ImagePreprocess(size=28, mode="crop", resize_to=32).input().size == 32  # the resize, not the crop

@@ -226,6 +226,9 @@ def test_options_are_checked_and_registry_builds():
         UnifiedRewardReward(base_url="http://127.0.0.1:1/v1", template="pairwise")
     reward = build_reward("unifiedreward", base_url="http://127.0.0.1:1/v1", template="score")
     assert isinstance(reward, UnifiedRewardReward) and reward.can_fail and reward.name == "unifiedreward"
+    # the judge sees a JPEG of the image as sampled (and Qwen2.5-VL sizes it by pixel count): it
+    # declares no input, so it gets full resolution
+    assert reward.input() is None
 
 
 # ---------------------------------------------------------------- local backend

@@ -166,3 +166,8 @@ def test_bad_inputs_raise_clear_errors(scenes):
         PromptFollowingReward()(images[:1], ["a photo of a cat"])
     with pytest.raises(ValueError, match="2 prompts"):
         QualityReward()(images[:1], prompts[:2])
+
+
+def test_toy_rewards_need_full_resolution():
+    # they read exact pixels of the task's small images: no declared resize
+    assert build_reward("prompt_following").input() is None and build_reward("quality").input() is None

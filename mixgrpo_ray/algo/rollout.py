@@ -16,6 +16,7 @@ import torch
 from mixgrpo_ray.common.images import as_uint8
 from mixgrpo_ray.config import GRPOConfig, SamplingConfig
 from mixgrpo_ray.models.policy import Policy, cond_repeat
+from mixgrpo_ray.models.reward_input import RewardInput
 from mixgrpo_ray.core.dpm_solver import ode_solve
 from mixgrpo_ray.core.mixed_rollout import mixed_rollout
 from mixgrpo_ray.core.schedule import sigma_schedule
@@ -53,6 +54,14 @@ def _velocity_fn(policy: Policy, cond):
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Decoded float images in ``[0, 1]`` as CPU uint8 (what travels to the reward servers)."""
     return as_uint8(images.detach()).cpu()
+
+
+def images_for(images: torch.Tensor, inputs: Sequence[Optional[RewardInput]]) -> tuple[torch.Tensor, ...]:
+    """``images`` once per entry of ``inputs``: as sampled for ``None``, else resized as that
+    reward input needs them (:meth:`RewardInput.apply`; what the reward model would do first, so
+    its scores do not change). What a rollout actor sends to the reward servers: a 224-pixel
+    uint8 image is about 1/21 of a 1024x1024 one."""
+    return tuple(images if spec is None else spec.apply(images).contiguous() for spec in inputs)
 
 
 def initial_noise(policy: Policy, num_prompts: int, group_size: int, shared: bool, generator: torch.Generator) -> torch.Tensor:

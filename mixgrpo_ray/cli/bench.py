@@ -25,6 +25,9 @@ def phases_parser() -> argparse.ArgumentParser:
     p.add_argument("--sync-gb", type=float, default=1.0,
                    help="weight-sync benchmark: size of the synthetic state in GB (0: skip)")
     p.add_argument("--sync-bucket-mb", type=float, default=256.0, help="weight-sync bucket size (learner.sync_bucket_mb)")
+    p.add_argument("--traffic-side", type=int, default=1024,
+                   help="reward-traffic count: side of the square images, with the flux preset's rewards and "
+                        "batch (0: skip)")
     return p
 
 
@@ -51,9 +54,9 @@ def main_phases(argv: list[str]) -> int:
     if isinstance(args, int):
         return args
     if args.rounds < 1 or args.prompts < 1 or args.group < 2 or args.threads < 1 or args.sync_gb < 0 \
-            or args.sync_bucket_mb <= 0:
-        print(f"{PROG} phases: error: --rounds, --prompts, --threads must be >= 1, --group >= 2, --sync-gb >= 0 "
-              "and --sync-bucket-mb > 0", file=sys.stderr)
+            or args.sync_bucket_mb <= 0 or args.traffic_side < 0:
+        print(f"{PROG} phases: error: --rounds, --prompts, --threads must be >= 1, --group >= 2, --sync-gb >= 0, "
+              "--sync-bucket-mb > 0 and --traffic-side >= 0", file=sys.stderr)
         return 2
     import torch
 
@@ -69,7 +72,21 @@ def main_phases(argv: list[str]) -> int:
     print(format_table(run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)))
     if args.sync_gb > 0:
         sync_bench(args.sync_gb, args.sync_bucket_mb)
+    if args.traffic_side > 0:
+        traffic_bench(args.traffic_side)
     return 0
+
+
+def traffic_bench(side: int) -> None:
+    """Bytes the flux preset's reward servers receive per iteration, images as sampled vs resized
+    ahead as each reward declares (:func:`mixgrpo_ray.run.bench.reward_traffic`)."""
+    from mixgrpo_ray.config import resolve
+    from mixgrpo_ray.run.bench import FLUX_REWARD_INPUTS, format_traffic, reward_traffic
+
+    cfg = resolve(["flux"], [])
+    images = cfg.data.prompts_per_iteration * cfg.grpo.group_size
+    inputs = {name: FLUX_REWARD_INPUTS.get(r.kind) for name, r in cfg.rewards.items()}
+    print(format_traffic(reward_traffic(inputs, side, side, images)), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

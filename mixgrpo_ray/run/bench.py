@@ -6,6 +6,10 @@ GRPO update — for every variant on the same model, batch and machine, interlea
 round by round so that machine noise hits them alike, and prints each variant's time as a ratio
 to DanceGRPO's next to the paper's ratios. Flash's window slides, so its rollout cost is averaged
 over window starts. Reward scoring is excluded (the same for every variant).
+
+:func:`reward_traffic` (printed by ``mixgrpo-ray bench phases``) counts the bytes the reward
+servers receive per iteration with images as sampled and with the images each reward's declared
+input needs (what rollout actors send).
 """
 
 from __future__ import annotations
@@ -14,12 +18,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-from mixgrpo_ray.algo.rollout import sample_groups
+from mixgrpo_ray.algo.rollout import images_for, sample_groups
 from mixgrpo_ray.algo.update import GRPOTrainer, update_plan
 from mixgrpo_ray.config import GRPOConfig, OptimConfig, SamplingConfig
+from mixgrpo_ray.models.reward_input import RewardInput
 
 PAPER_RATIO = {"dancegrpo": 1.0, "mixgrpo": 0.52, "mixgrpo_flash": 0.39, "mixgrpo_flash_star": 0.29}
 
@@ -97,4 +103,49 @@ def format_table(results: dict[str, dict]) -> str:
             f"{name:<20} {r['nfe_rollout']:>11.1f} {r['nfe_policy']:>10d} {r['median_s']:>8.3f} "
             f"{r['ratio']:>7.2f} {r['paper_ratio']:>7.2f}"
         )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Reward traffic: bytes shipped to the reward servers per iteration, before and after reward inputs
+# ------------------------------------------------------------------------------------------------
+
+#: the inputs the flux preset's rewards declare with the real checkpoints (HPS v2.1 ViT-H-14 at
+#: 224, float; PickScore's laion ViT-H-14 processor: shortest edge 224; ImageReward's BLIP ViT-L at
+#: 224 through PIL) — what :meth:`~mixgrpo_ray.models.reward.RewardModel.input` returns for them
+FLUX_REWARD_INPUTS: dict[str, Optional[RewardInput]] = {
+    "hps": RewardInput(224, "longest_edge_float"),
+    "pickscore": RewardInput(224, "shortest_edge"),
+    "imagereward": RewardInput(224, "shortest_edge_pil"),
+}
+
+
+def reward_traffic(inputs: dict[str, Optional[RewardInput]], height: int, width: int, images: int) -> dict:
+    """Bytes the reward replicas receive per iteration of ``images`` images of ``height x width``:
+    ``before`` every pool reads the uint8 image as sampled; ``after`` each pool reads the object of
+    its declared input (``inputs``: reward name -> :class:`RewardInput` or ``None``), as a rollout
+    actor makes it (:func:`~mixgrpo_ray.algo.rollout.images_for` on one real image, so dtypes and
+    shapes are the real ones). ``objects_*``: bytes the rollout actors put in the object store."""
+    sample = torch.randint(0, 256, (1, 3, height, width), generator=torch.Generator().manual_seed(0),
+                           dtype=torch.uint8)
+    distinct = list(dict.fromkeys(inputs.values()))
+    per_image = {spec: t.numel() * t.element_size() for spec, t in zip(distinct, images_for(sample, distinct))}
+    full = sample.numel() * sample.element_size()
+    before = full * images * len(inputs)
+    after = sum(per_image[spec] for spec in inputs.values()) * images
+    return {
+        "image": f"{height}x{width}", "images": images, "rewards": {n: str(s) for n, s in inputs.items()},
+        "before_bytes": before, "after_bytes": after, "ratio": before / after if after else float("inf"),
+        "per_reward_bytes": {n: per_image[s] * images for n, s in inputs.items()},
+        "objects_before_bytes": full * images, "objects_after_bytes": sum(per_image.values()) * images,
+    }
+
+
+def format_traffic(result: dict) -> str:
+    mb = 1 << 20
+    lines = [f"reward traffic per iteration, {result['images']} images of {result['image']}:"]
+    for name, spec in result["rewards"].items():
+        lines.append(f"  {name:<12} {spec:<26} {result['per_reward_bytes'][name] / mb:>8.2f} MiB")
+    lines.append(f"  to the reward servers: {result['before_bytes'] / mb:.1f} MiB as sampled -> "
+                 f"{result['after_bytes'] / mb:.1f} MiB resized ahead ({result['ratio']:.1f}x less)")
     return "\n".join(lines)

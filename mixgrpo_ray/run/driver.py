@@ -51,7 +51,7 @@ class RolloutBatch:
     """One rollout call's results: refs the driver forwards, and what it reads itself."""
 
     prompts: list[str]  # one per image (each prompt repeated group_size times)
-    images: ray.ObjectRef
+    images: dict  # reward input (None: as sampled) -> ObjectRef of the images as that input needs them
     trajectory: ray.ObjectRef
     meta: ray.ObjectRef  # -> RolloutMeta
     scores: dict  # reward name -> ObjectRef of (B,) scores, requested as soon as the call started
@@ -86,6 +86,9 @@ class Driver:
             self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed,
                                           cfg.data.eval_batch_size)
             self.rewards = RewardPools(cfg.rewards)
+            # learned once from the reward servers: rollout actors send each pool images resized
+            # as its model needs them (full resolution only where one needs it)
+            self.rollout.inputs = self.rewards.inputs()
             self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
                                          max_importance_weight=cfg.grpo.max_importance_weight)
             self.weight_sync = WeightSync(self.learners.actors, self.rollout.actors, cfg.learner.sync_transport,
