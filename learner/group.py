@@ -4,16 +4,19 @@ The ranks start in one placement group (:mod:`mixgrpo_ray.cluster.placement`); r
 created first and chooses the rendezvous address; every rank loads the same initial
 weights, trains on its share of each update of the plan the group draws for the iteration
 (docs/algorithm.md eq. (35)), and gradients are averaged across ranks, so all ranks hold
-identical weights (``replicate``) or shards of them (``fsdp``). After an iteration every rank
+identical weights (``replicate``) or shards of them (``fsdp``). A rank is handed, and fetches,
+only the rollout calls that hold its samples (:func:`~mixgrpo_ray.algo.update.rank_shares`). After an iteration every rank
 publishes what it owns through :class:`~mixgrpo_ray.cluster.weight_sync.WeightSync`.
 """
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import ray
 import torch
 
-from mixgrpo_ray.algo.update import update_plan
+from mixgrpo_ray.algo.update import rank_shares, update_plan
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.placement import place, remove_placement_group
 from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop
@@ -60,18 +63,38 @@ class LearnerGroup(ActorGroup):
         """Which samples each rank trains on in each update of ``iteration``."""
         return update_plan(num_samples, self.samples_per_update, self.world_size, seed=update_plan_seed(self.seed, iteration))
 
-    def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int) -> dict:
-        """Run the iteration's updates on all ranks; returns rank 0's statistics."""
-        plan = self.plan(len(advantages), iteration)
-        return self.get_together("train", list(trajectory_refs), advantages, plan, self.max_staleness,
-                                 self.max_importance_weight)[0]
+    def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int,
+              sizes: Optional[Sequence[int]] = None) -> dict:
+        """Run the iteration's updates on all ranks; returns rank 0's statistics.
+
+        ``trajectory_refs``: one ObjectRef per rollout call, ``sizes`` its rows (samples in order:
+        the calls' rows concatenated; may be left out for a single call). Each rank receives only
+        the refs of the calls that hold its samples of the plan, the rows it needs in them and
+        their advantages."""
+        refs = list(trajectory_refs)
+        if sizes is None:
+            if len(refs) != 1:
+                raise ValueError("LearnerGroup.train needs the rows of each rollout call (sizes) for more than one call")
+            sizes = [len(advantages)]
+        if len(sizes) != len(refs) or sum(sizes) != len(advantages):
+            raise ValueError(f"{len(refs)} rollout calls of {list(sizes)} rows do not hold {len(advantages)} samples")
+        shares = rank_shares(self.plan(len(advantages), iteration), sizes)
+        return self.wait_together([
+            actor.train.remote([refs[c] for c in share.calls], share.rows, advantages[share.samples], share.updates,
+                               self.max_staleness, self.max_importance_weight)
+            for actor, share in zip(self.actors, shares)
+        ])[0]
 
     def get_together(self, method: str, *args) -> list:
-        """``method`` on every rank, returning as soon as one rank fails: a rank whose process
+        """``method`` on every rank, returning as soon as one rank fails (see :meth:`wait_together`)."""
+        return self.wait_together(self.call_all(method, *args))
+
+    def wait_together(self, calls: list) -> list:
+        """Results of one call per rank, returning as soon as one rank fails: a rank whose process
         died raises :class:`LearnerFailed` naming it (the caller stops the group, so no rank is
         left waiting in a collective); a rank that raised re-raises its error."""
         try:
-            return get_all_or_stop(self.call_all(method, *args))
+            return get_all_or_stop(calls)
         except GroupCallFailed as exc:
             if not actor_died(exc.error):
                 raise exc.error from None

@@ -44,6 +44,7 @@ class LearnerWorker(SenderEndpoints):
         self.policy = build_policy(model, self.device, trainable=True)
         self.optim, self.clip_range = optim, clip_range
         self.trainer: GRPOTrainer | None = None
+        self.fetched: list[str] = []  # ids of the trajectory ObjectRefs the last train() fetched
         self.weight_version = 0
         self._metrics = ray_metrics.LearnerMetrics(rank)
         self.sharded = learner.strategy == "fsdp"
@@ -71,23 +72,43 @@ class LearnerWorker(SenderEndpoints):
         return self.rank
 
     # --- training ----------------------------------------------------------------------------
-    def train(self, trajectory_refs: list, advantages: torch.Tensor, plan: Sequence, max_staleness: int,
-              max_importance_weight: float = 2.0) -> dict:
-        """One iteration's updates on this rank's share. ``trajectory_refs`` is a list of
-        ObjectRefs (fetched here, never by the driver). Rollouts sampled with older weights
-        (at most ``max_staleness`` versions) train with the decoupled objective."""
+    def train(self, trajectory_refs: list, rows: Sequence[Sequence[int]], advantages: torch.Tensor,
+              updates: Sequence[Sequence[int]], max_staleness: int, max_importance_weight: float = 2.0) -> dict:
+        """One iteration's updates on this rank's share (a
+        :class:`~mixgrpo_ray.algo.update.RankShare`): ``trajectory_refs`` are the ObjectRefs of
+        the rollout calls holding its samples (fetched here, never by the driver), ``rows[c]`` its
+        rows in call ``c``, ``advantages`` theirs, ``updates[u]`` its samples of update ``u`` as
+        indices into those rows. Rollouts sampled with older weights (at most ``max_staleness``
+        versions, over every rank's calls) train with the decoupled objective."""
+        self.fetched = [ref.hex() for ref in trajectory_refs]  # ids only: holding refs would pin the objects
         parts: list[Trajectory] = ray.get(list(trajectory_refs))
-        oldest = min(p.version for p in parts)
+        mine = Trajectory.concat([part.select(list(r)) for part, r in zip(parts, rows)])
+        del parts  # keep only this rank's rows while training
+        oldest = self._oldest_version(mine.version)
         if self.weight_version - oldest > max_staleness:
             raise StaleRolloutError(
                 f"rollout sampled with weight version {oldest} but the learner is at version "
                 f"{self.weight_version} (allowed lag {max_staleness}); refusing the stale batch"
             )
-        stats = self.trainer.train_iteration(Trajectory.concat(parts), advantages, plan,
-                                             proximal=oldest < self.weight_version,
-                                             max_importance_weight=max_importance_weight)
+        stats = self.trainer.train_updates(mine, advantages, updates, proximal=oldest < self.weight_version,
+                                           max_importance_weight=max_importance_weight)
         self._metrics.record(int(stats["updates"]))
         return stats
+
+    def _oldest_version(self, version: int) -> int:
+        """The oldest weight version among every rank's rollout calls: each rank fetched only its
+        own, but all must agree on the objective (the decoupled one runs extra forward passes,
+        which are collectives under fsdp)."""
+        if self.world_size == 1:
+            return version
+        t = torch.tensor([version], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return int(t.item())
+
+    def fetched_ids(self) -> list[str]:
+        """The ids (``ObjectRef.hex()``) of the rollout calls this rank fetched in its last
+        :meth:`train`."""
+        return list(self.fetched)
 
     # --- weight sync (mixgrpo_ray.cluster.weight_sync; send_weights etc. from SenderEndpoints) ---
     def publish(self, bump: bool = True) -> tuple[int, list]:

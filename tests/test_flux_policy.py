@@ -99,7 +99,64 @@ def test_learner_policy_trains_the_whole_transformer_in_fp32(flux_dir):
     assert set(state) == set(policy.transformer.state_dict())
     assert all(v.device.type == "cpu" for v in state.values())
     policy.train(True)
-    assert policy.transformer.training and not policy.prompts.text_encoder_2.training and not policy.vae.training
+    assert policy.transformer.training
+
+
+def test_learner_policy_holds_neither_text_encoders_nor_vae(flux_dir, rollout, monkeypatch):
+    """A learner loads the transformer alone (and only the configs of the rest): no T5/CLIP, no
+    VAE; encode_prompts and decode say why they cannot run."""
+    import transformers
+    from diffusers import AutoencoderKL
+
+    from mixgrpo_ray.models.flux.policy import FrozenPartsNotLoaded
+
+    latent_shape = load(flux_dir).latent_shape()
+    loads = []
+    for cls in (transformers.T5EncoderModel, transformers.CLIPTextModel, AutoencoderKL):
+        original = cls.from_pretrained.__func__
+        monkeypatch.setattr(cls, "from_pretrained",
+                            classmethod(lambda klass, *a, _o=original, **kw: loads.append(klass) or _o(klass, *a, **kw)))
+    for lora_rank in (0, 4):
+        learner = build_policy(model_cfg(flux_dir, lora_rank=lora_rank), "cpu", trainable=True)
+        assert learner.prompts is None and learner.vae is None and not loads
+        modules = {type(m).__name__ for m in learner.transformer.modules()}
+        assert not modules & {"T5EncoderModel", "CLIPTextModel", "AutoencoderKL"}
+        # the latent layout still comes from the VAE's config
+        assert learner.latent_shape() == latent_shape
+        with pytest.raises(FrozenPartsNotLoaded, match="encode_prompts called on a learner policy"):
+            learner.encode_prompts(PROMPTS)
+        with pytest.raises(FrozenPartsNotLoaded, match="decode called on a learner policy"):
+            learner.decode(rollout.trajectory.latents[:, 0])
+    # the trajectory carries what the learner's velocity needs, in the encoders' dtype
+    cond = rollout.trajectory.cond
+    assert cond["encoder_hidden_states"].shape == (6, SEQ, 16) and cond["pooled_projections"].shape == (6, 24)
+    assert cond["encoder_hidden_states"].dtype == torch.float32
+
+
+def test_training_on_the_carried_cond_equals_encoding_on_the_learner(flux_dir, rollout):
+    """fp32: the same losses, statistics, gradients and weights (bit for bit) as a learner that
+    encodes the prompts itself with its own fresh encoders, the decoupled (proximal) pass included."""
+    import dataclasses
+
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0])
+    results = []
+    for carried in (True, False):
+        learner = load(flux_dir, trainable=True)
+        if not carried:  # what a learner did before: its own text encoders
+            learner.prompts = load(flux_dir).prompts
+        traj = rollout.trajectory if carried else dataclasses.replace(rollout.trajectory, cond=None)
+        trainer = GRPOTrainer(learner, OptimConfig(lr=1e-3), clip_range=1e-4)
+        grads = []
+        step = trainer.optimizer.step
+        trainer.optimizer.step = lambda: grads.append([p.grad.clone() for p in trainer.params]) or step()
+        stats = [trainer.train_iteration(traj, adv, update_plan(6, 3, 1, seed=2)),
+                 trainer.train_iteration(traj, adv, update_plan(6, 3, 1, seed=3), proximal=True)]
+        results.append((stats, grads, learner.trainable_state_dict()))
+    (s_c, g_c, w_c), (s_e, g_e, w_e) = results
+    assert s_c == s_e and len(g_c) == len(g_e) == 4
+    for a, b in zip(g_c, g_e):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(w_c[k], w_e[k]) for k in w_c)
 
 
 def test_initial_noise_is_fluxpipeline_packing_of_a_latent_draw(flux_dir):
@@ -353,13 +410,15 @@ def test_bf16_autocast_keeps_fp32_masters_and_float32_outputs(flux_dir):
     fp32 = load(flux_dir)
     assert all(p.dtype == torch.float32 for p in learner.trainable_parameters())
     assert all(p.dtype == torch.bfloat16 for p in actor.transformer.parameters())
-    assert learner.prompts.text_encoder_2.dtype == torch.bfloat16 and learner.vae.dtype == torch.bfloat16
+    assert actor.prompts.text_encoder_2.dtype == torch.bfloat16 and actor.vae.dtype == torch.bfloat16
     x = fp32.initial_noise(2, torch.Generator().manual_seed(0))
     sigma = torch.tensor([0.9, 0.4])
     with torch.no_grad():
         ref = fp32.velocity(x, sigma, fp32.encode_prompts(PROMPTS))
+        cond = actor.encode_prompts(PROMPTS)  # bf16 embeddings, as a bf16 rollout records them
+        assert cond["encoder_hidden_states"].dtype == torch.bfloat16
         for policy in (learner, actor):
-            v = policy.velocity(x, sigma, policy.encode_prompts(PROMPTS))
+            v = policy.velocity(x, sigma, cond)
             assert v.dtype == torch.float32 and v.shape == x.shape
             # bf16 rounding (timestep, activations) is amplified by the random tiny network: ~15%
             # here; wrong inputs or dtypes would be off by about 100%

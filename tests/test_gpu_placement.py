@@ -330,14 +330,15 @@ def test_dry_run_memory_from_safetensors_headers(tmp_path):
     n = component_params(flux)
     frozen, t = n["vae"] + n["text_encoder"] + n["text_encoder_2"], n["transformer"]
     assert role_weight_bytes(n, "rollout", torch.bfloat16, lora=False) == (frozen + t) * 2
-    assert role_weight_bytes(n, "learner", torch.bfloat16, lora=False) == frozen * 2 + t * 16  # fp32 master+grad+AdamW
-    assert role_weight_bytes(n, "learner", torch.float32, lora=True) == (frozen + t) * 4
+    # learners hold only the transformer: fp32 master+grad+AdamW, or frozen under LoRA (no encoders, no VAE)
+    assert role_weight_bytes(n, "learner", torch.bfloat16, lora=False) == t * 16
+    assert role_weight_bytes(n, "learner", torch.float32, lora=True) == t * 4
     by_role = {p.kind: p for p in roles(cfg)}
     report = {"device": "cuda:0", "gpu_ids": ["0"], "cuda_visible_devices": "0", "gpu_name": "Fake", "gpu_memory_gib": 80}
     rollout = role_row(cfg, by_role["rollout"], report)  # bf16 on CUDA: 2 bytes per parameter
     assert rollout["memory"] == f"~{(frozen + n['transformer']) * 2 / 2**30:.1f} GiB weights (activations extra)"
     learner = role_row(cfg, by_role["learner"], {**report, "gpu_memory_gib": 1e-9})  # 16 bytes per trained parameter
-    assert learner["memory"].startswith(f"~{(frozen * 2 + n['transformer'] * 16) / 2**30:.1f} GiB weights + AdamW")
+    assert learner["memory"].startswith(f"~{n['transformer'] * 16 / 2**30:.1f} GiB weights + AdamW")
     assert "exceeds the 1e-09 GiB of Fake on cuda:0; use --config flux_lora" in learner["error"]
     assert "ERROR: " in format_rows([rollout, learner]).splitlines()[1] and "ERROR" not in format_rows([rollout])
 

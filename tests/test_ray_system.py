@@ -109,14 +109,15 @@ def _batch():
     return out.trajectory, adv
 
 
-def _train_with(num_learners, traj_ref, adv, plan_seed=0):
+def _train_with(num_learners, traj_ref, adv, plan_seed=0, sizes=None):
     cfg = resolve(None, ["model.path=random", f"learner.num_workers={num_learners}", "learner.num_cpus=0.5",
                          "optim.samples_per_update=4", "optim.lr=1e-3", "grpo.group_size=4",
                          "data.prompts_per_iteration=2"])
     group = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed)
     try:
         assert group.plan(8, plan_seed) == update_plan(8, 4, num_learners, seed=cfg.run.seed * 7 + plan_seed)
-        stats = group.train([traj_ref], adv, plan_seed)
+        refs = traj_ref if isinstance(traj_ref, list) else [traj_ref]
+        stats = group.train(refs, adv, plan_seed, sizes=sizes)
         state = ray.get(group.actors[0].trainable_state.remote())
         others = ray.get([w.trainable_state.remote() for w in group.actors[1:]])
         return stats, state, others, group
@@ -126,12 +127,22 @@ def _train_with(num_learners, traj_ref, adv, plan_seed=0):
 
 
 def test_two_learners_equal_one_learner(local_ray):
+    """Two ranks, each handed and fetching only the rollout calls that hold its samples, train
+    as one rank on the whole iteration."""
     traj, adv = _batch()
     ref = ray.put(traj)
     stats1, state1, _, g1 = _train_with(1, ref, adv)
     g1.shutdown()
-    stats2, state2, others, g2 = _train_with(2, ref, adv)
+    calls = [ray.put(traj.select([i])) for i in range(len(traj))]  # 8 rollout calls of one image each
+    stats2, state2, others, g2 = _train_with(2, calls, adv, sizes=[1] * len(calls))
     try:
+        fetched = [set(ray.get(w.fetched_ids.remote())) for w in g2.actors]
+        everything = {c.hex() for c in calls}
+        assert fetched[0] < everything and fetched[1] < everything  # strict subsets
+        assert fetched[0].isdisjoint(fetched[1]) and fetched[0] | fetched[1] == everything
+        plan = g2.plan(len(adv), 0)
+        for rank, ids in enumerate(fetched):
+            assert ids == {calls[i].hex() for per_rank in plan for i in per_rank[rank]}
         assert stats1["updates"] == stats2["updates"] == 2
         moved = False
         init = TinyPolicy(seed=0).trainable_state_dict()

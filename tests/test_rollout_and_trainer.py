@@ -1,11 +1,12 @@
 """Rollout recording and the learner's GRPO update, without Ray (ToyPolicy)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from mixgrpo_ray.algo.update import GRPOTrainer, update_plan
+from mixgrpo_ray.algo.update import GRPOTrainer, rank_shares, update_plan
 from mixgrpo_ray.config import GRPOConfig, OptimConfig, SamplingConfig
 from mixgrpo_ray.algo.rollout import sample_groups, sample_images
 from mixgrpo_ray.core.schedule import sigma_schedule
@@ -126,6 +127,98 @@ def test_trajectory_select_and_concat():
     c = Trajectory.concat([a, b])
     assert len(c) == 5 and torch.equal(c.latents, traj.latents[:5])
     assert c.prompts == traj.prompts[:5]
+    # the prompt conditioning travels with its rows
+    assert set(c.cond) == set(traj.cond) and all(torch.equal(c.cond[k], traj.cond[k][:5]) for k in traj.cond)
+    d = traj.select([4, 0])
+    assert all(torch.equal(d.cond[k], traj.cond[k][[4, 0]]) for k in traj.cond)
+    with pytest.raises(ValueError, match="with and without prompt conditioning"):
+        Trajectory.concat([a, dataclasses.replace(b, cond=None)])
+    assert Trajectory.concat([dataclasses.replace(a, cond=None), dataclasses.replace(b, cond=None)]).cond is None
+
+
+def test_rollout_records_each_rows_prompt_conditioning():
+    """One row of ``cond`` per image: its prompt's encoding (the toy policy's keeps its dtype)."""
+    pol, traj, _ = _batch()
+    enc = pol.encode_prompts(traj.prompts)
+    assert set(traj.cond) == set(enc)
+    for k in enc:
+        assert traj.cond[k].dtype == enc[k].dtype and traj.cond[k].device.type == "cpu"
+        assert torch.equal(traj.cond[k], enc[k])
+
+
+def test_rank_shares_name_only_the_calls_holding_a_ranks_samples():
+    plan = update_plan(12, 6, 2, seed=3)
+    sizes = [3, 1, 4, 4]  # four rollout calls: samples 0-2, 3, 4-7, 8-11
+    shares = rank_shares(plan, sizes)
+    starts = [0, 3, 4, 8]
+    for rank, share in enumerate(shares):
+        mine = sorted(i for per_rank in plan for i in per_rank[rank])
+        assert share.samples == mine
+        # the local rows, call by call, are exactly the rank's samples in order
+        assert [starts[c] + r for c, rows in zip(share.calls, share.rows) for r in rows] == mine
+        assert all(rows for rows in share.rows) and share.calls == sorted(set(share.calls))
+        # every update indexes the same samples, in the plan's order
+        assert [[share.samples[i] for i in upd] for upd in share.updates] == [list(p[rank]) for p in plan]
+    # one call per sample: a rank fetches only half of them
+    ones = rank_shares(plan, [1] * 12)
+    assert sorted(ones[0].calls + ones[1].calls) == list(range(12)) and len(ones[0].calls) == 6
+    with pytest.raises(ValueError, match="the rollout calls hold 10"):
+        rank_shares(plan, [5, 5])
+
+
+def test_training_on_a_share_equals_training_on_the_whole_iteration():
+    """A rank's local trajectory (only the calls holding its samples) trains exactly as the whole one."""
+    pol_a, traj, adv = _batch()
+    pol_b = copy.deepcopy(pol_a)
+    plan = update_plan(12, 6, 2, seed=1)
+    calls = [traj.select(range(0, 5)), traj.select(range(5, 12))]
+    share = rank_shares(plan, [5, 7])[1]
+    mine = Trajectory.concat([calls[c].select(rows) for c, rows in zip(share.calls, share.rows)])
+    optim = OptimConfig(lr=1e-3)
+    whole = GRPOTrainer(pol_a, optim, clip_range=1e-4, rank=1, world_size=2)
+    whole.world_size = 1  # no process group here: compare one rank's own update
+    local = GRPOTrainer(pol_b, optim, clip_range=1e-4, rank=1, world_size=1)
+    stats_a = whole.train_iteration(traj, adv, plan)
+    stats_b = local.train_updates(mine, adv[share.samples], share.updates)
+    assert stats_a == stats_b
+    a, b = pol_a.trainable_state_dict(), pol_b.trainable_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tiny_learner_holds_no_text_encoder_and_trains_on_the_carried_cond():
+    """The tiny model's text encoder is frozen (RL trains the transformer), so its learner drops it
+    and trains on the rollout's recorded conditioning: the same values the learner would encode, up
+    to the encoder's batch-size dependent float rounding (the rollout encodes a call's distinct
+    prompts, the learner encoded an update's rows), so the same update within float tolerance."""
+    from mixgrpo_ray.config import resolve
+    from mixgrpo_ray.models.build import build_policy
+    from mixgrpo_ray.models.tiny import task
+
+    cfg = resolve(None, [])
+    actor = build_policy(cfg.model, trainable=False)
+    learner = build_policy(cfg.model, trainable=True)
+    assert actor.text_encoder is not None and learner.text_encoder is None
+    assert {id(p) for p in learner.trainable_parameters()} == {id(p) for p in learner.transformer.parameters()}
+    with pytest.raises(RuntimeError, match="holds no text encoder"):
+        learner.encode_prompts(["a small red circle on a white background, center"])
+    out = sample_groups(actor, task.eval_prompts()[:4], 3, [0, 1], SamplingConfig(num_steps=6), GRPOConfig(), seed=2)
+    adv = torch.randn(12, generator=torch.Generator().manual_seed(0))
+    plan = update_plan(12, 6, 1, seed=0)
+    for idx in [p[0] for p in plan]:
+        rows = out.trajectory.select(idx)
+        enc = actor.encode_prompts(rows.prompts)
+        for k in enc:
+            torch.testing.assert_close(rows.cond[k], enc[k], rtol=1e-5, atol=2e-6)
+    encoding = build_policy(cfg.model, trainable=False)  # a learner that still encodes (the old way)
+    stats_enc = GRPOTrainer(encoding, OptimConfig(lr=1e-3), clip_range=1e-4).train_iteration(
+        dataclasses.replace(out.trajectory, cond=None), adv, plan)
+    stats = GRPOTrainer(learner, OptimConfig(lr=1e-3), clip_range=1e-4).train_iteration(out.trajectory, adv, plan)
+    assert stats.keys() == stats_enc.keys()
+    for key, val in stats_enc.items():
+        assert stats[key] == pytest.approx(val, rel=1e-4, abs=1e-7), key
+    a, b = learner.trainable_state_dict(), encoding.trainable_state_dict()
+    for k in a:  # two Adam steps of lr 1e-3 moved the weights by ~2e-3
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
 def test_shared_prefix_shortcut_equals_full_group_rollout():

@@ -86,7 +86,8 @@ def sample_groups(
 ) -> RolloutOutput:
     """``group_size`` images per prompt (rows ``p*G .. p*G+G-1`` belong to prompt ``p``) and the
     trajectory of their trained steps (``grpo.algorithm`` picks MixGRPO's window or DanceGRPO's
-    SDE-everywhere rollout). Deterministic given ``seed`` and the weights."""
+    SDE-everywhere rollout) with every row's prompt conditioning. Deterministic given ``seed``
+    and the weights."""
     gen = torch.Generator().manual_seed(int(seed))
     prompt_cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(list(prompts)).items()}
     cond = cond_repeat(prompt_cond, group_size)
@@ -140,6 +141,9 @@ def sample_groups(
         version=version,
         sde_kind=sampling.sde_kind,
         noise_level=sampling.noise_level,
+        # what the learner's velocity needs of the prompts, in the encoders' dtype: learners hold
+        # no frozen text encoder
+        cond={k: v.detach().cpu().contiguous() for k, v in cond.items()},
     )
     return RolloutOutput(images=images, trajectory=traj, nfe=out.nfe)
 

@@ -6,11 +6,17 @@ transition under the current weights (velocity -> SDE mean/std -> log-prob of th
 ``x_{j+1}``), takes the clipped GRPO loss against the rollout's log-prob, and back-propagates
 ``loss / K`` (K trained steps). Gradients are averaged across ranks (all-reduce), clipped by
 global norm, and AdamW steps. Later chunks of an iteration are slightly off-policy, as intended.
+
+The velocity is conditioned on the prompt embeddings the trajectory carries (recorded by the
+rollout), so a learner holds no frozen text encoder. A rank fetches only the rollout calls that
+hold its samples (:func:`rank_shares`).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -18,7 +24,7 @@ import torch
 from mixgrpo_ray.config import OptimConfig
 from mixgrpo_ray.algo.sharding import all_reduce_mean, to_float
 from mixgrpo_ray.core.grpo import grpo_loss
-from mixgrpo_ray.models.policy import Policy
+from mixgrpo_ray.models.policy import Cond, Policy
 from mixgrpo_ray.core.steps import sde_log_prob, sde_mean_std
 from mixgrpo_ray.core.trajectory import Trajectory
 
@@ -50,6 +56,48 @@ def update_plan(num_samples: int, samples_per_update: int, world_size: int, seed
         chunk = perm[u * samples_per_update : (u + 1) * samples_per_update]
         plan.append([chunk[r * per_rank : (r + 1) * per_rank] for r in range(world_size)])
     return plan
+
+
+@dataclass
+class RankShare:
+    """What one learner rank fetches and trains on in an iteration (see :func:`rank_shares`)."""
+
+    calls: list[int]  # the rollout calls holding its samples, ascending
+    rows: list[list[int]]  # per call of ``calls``, its rows within that call, ascending
+    samples: list[int]  # its samples' global indices, in the order of its local trajectory
+    updates: list[list[int]]  # per update, its samples as indices into its local trajectory
+
+
+def rank_shares(plan: Sequence[Sequence[Sequence[int]]], call_sizes: Sequence[int]) -> list[RankShare]:
+    """Per rank, the rollout calls it needs for ``plan`` (global sample indices over the calls'
+    rows concatenated in order; ``call_sizes`` rows per call) and where its samples lie in them.
+
+    A rank's local trajectory is ``concat(call[c].select(rows) for c, rows in zip(calls, rows))``,
+    its samples in ascending global order; ``updates`` indexes it in the plan's order, so every
+    update sees exactly the rows (and order) it would over the whole iteration.
+    """
+    offsets = [0]
+    for n in call_sizes:
+        offsets.append(offsets[-1] + int(n))
+    total = offsets[-1]
+    world = len(plan[0]) if plan else 0
+    shares = []
+    for rank in range(world):
+        mine = sorted({int(i) for per_rank in plan for i in per_rank[rank]})
+        if mine and not (0 <= mine[0] and mine[-1] < total):
+            raise ValueError(f"the update plan names sample {mine[-1] if mine[-1] >= total else mine[0]} "
+                             f"but the rollout calls hold {total}")
+        local = {g: n for n, g in enumerate(mine)}
+        calls: list[int] = []
+        rows: list[list[int]] = []
+        for g in mine:
+            c = bisect.bisect_right(offsets, g) - 1
+            if not calls or calls[-1] != c:
+                calls.append(c)
+                rows.append([])
+            rows[-1].append(g - offsets[c])
+        shares.append(RankShare(calls, rows, mine, [[local[int(i)] for i in per_rank[rank]] for per_rank in plan]))
+    return shares
 
 
 class GRPOTrainer:
@@ -96,16 +144,24 @@ class GRPOTrainer:
         mean, std = sde_mean_std(x, v, sig, sig_n, batch.noise_level, batch.sde_kind)
         return sde_log_prob(batch.next_latents[:, j].to(dev), mean, std)
 
+    def batch_cond(self, batch: Trajectory) -> Cond:
+        """The prompt conditioning of ``batch``'s rows on this rank's device: the one the rollout
+        recorded (a learner policy holds no frozen text encoder), else, for a trajectory recorded
+        without it, ``encode_prompts`` here."""
+        cond = batch.cond if batch.cond is not None else self.policy.encode_prompts(batch.prompts)
+        return {key: val.to(self.policy.device) for key, val in cond.items()}
+
     @torch.no_grad()
-    def proximal_log_probs(self, trajectory: Trajectory, plan: Sequence[Sequence[Sequence[int]]]) -> dict:
-        """Log-probs ``{sample: (K,)}`` of this rank's recorded transitions under the current
-        weights, before any update of the iteration (the proximal policy of eq. (39))."""
+    def proximal_log_probs(self, trajectory: Trajectory, updates: Sequence[Sequence[int]]) -> dict:
+        """Log-probs ``{sample: (K,)}`` of this rank's recorded transitions (``updates``: its
+        sample indices per update) under the current weights, before any update of the iteration
+        (the proximal policy of eq. (39))."""
         self.policy.train(False)
         out = {}
-        for per_rank in plan:  # in the chunks the update takes, so memory stays that of one update
-            idx = list(per_rank[self.rank])
+        for idx in updates:  # in the chunks the update takes, so memory stays that of one update
+            idx = list(idx)
             batch = trajectory.select(idx)
-            cond = {key: val.to(self.policy.device) for key, val in self.policy.encode_prompts(batch.prompts).items()}
+            cond = self.batch_cond(batch)
             logp = torch.stack([self.step_log_probs(batch, cond, j) for j in range(batch.num_trained_steps)], dim=1)
             out.update({i: logp[n].float().cpu() for n, i in enumerate(idx)})
         return out
@@ -122,27 +178,45 @@ class GRPOTrainer:
         """Apply every update of ``plan`` (see :func:`update_plan`) for this rank.
 
         ``trajectory`` and ``advantages`` hold all samples of the iteration (global indices).
+        See :meth:`train_updates`.
+        """
+        return self.train_updates(trajectory, advantages, [list(per_rank[self.rank]) for per_rank in plan],
+                                  proximal=proximal, max_importance_weight=max_importance_weight)
+
+    def train_updates(
+        self,
+        trajectory: Trajectory,
+        advantages: torch.Tensor,
+        updates: Sequence[Sequence[int]],
+        *,
+        proximal: bool = False,
+        max_importance_weight: float = 2.0,
+    ) -> dict[str, float]:
+        """Apply this rank's part of every update: ``updates[u]`` are the indices (into
+        ``trajectory`` and ``advantages``) of its samples in update ``u`` (every rank trains
+        equally many, as :func:`update_plan` deals them).
+
         Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
         policy still equals the sampling policy (ratio 1 up to numerical noise). An update whose
         (all-reduced) gradient is not finite is skipped, identically on every rank, and its
-        samples counted in ``nonfinite_samples``.
+        samples (over all ranks) counted in ``nonfinite_samples``.
 
         ``proximal`` (rollouts sampled with older weights, the async pipeline): the clip acts on
         the ratio to the log-probs of the weights this iteration starts from, and the truncated
         proximal/behaviour ratio weights each element (docs/algorithm.md eqs. (39)–(40)).
         """
-        prox = self.proximal_log_probs(trajectory, plan) if proximal else {}
+        prox = self.proximal_log_probs(trajectory, updates) if proximal else {}
         self.policy.train(True)
         dev = self.policy.device
         totals: dict[str, float] = {}
         first: dict[str, float] = {}
         k = trajectory.num_trained_steps
         skipped = 0
-        for u, per_rank in enumerate(plan):
-            idx = list(per_rank[self.rank])
+        for u, idx in enumerate(updates):
+            idx = list(idx)
             batch = trajectory.select(idx)
             adv = advantages[idx].to(dev, torch.float32)
-            cond = {key: val.to(dev) for key, val in self.policy.encode_prompts(batch.prompts).items()}
+            cond = self.batch_cond(batch)
             self.optimizer.zero_grad(set_to_none=True)
             step_stats: dict[str, float] = {}
             for j in range(k):
@@ -168,14 +242,14 @@ class GRPOTrainer:
             if math.isfinite(grad_norm):
                 self.optimizer.step()
             else:  # a non-finite loss: drop this update's samples rather than poison the weights
-                skipped += sum(len(r) for r in per_rank)
+                skipped += len(idx) * self.world_size
             step_stats["grad_norm"] = grad_norm
             if u == 0:
                 first = {f"first_{key}": val for key, val in step_stats.items() if key.startswith("ratio")}
             for key, val in step_stats.items():
-                totals[key] = totals.get(key, 0.0) + val / len(plan)
+                totals[key] = totals.get(key, 0.0) + val / len(updates)
         self.optimizer.zero_grad(set_to_none=True)
-        totals["updates"] = float(len(plan))
+        totals["updates"] = float(len(updates))
         totals["nonfinite_samples"] = float(skipped)
         totals.update(first)
         return totals

@@ -2,12 +2,14 @@
 
 One row per sampled image, ``K`` trained steps per row (the window for MixGRPO, a random
 subset of steps for DanceGRPO). Latents are float32: bf16 storage biases the policy ratio.
+``cond`` carries each row's prompt conditioning as the rollout's policy encoded it (the FLUX
+T5/CLIP embeddings in the encoders' dtype), so a learner needs no frozen text encoder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -24,6 +26,9 @@ class Trajectory:
     version: int  # weight version the rollout sampled with
     sde_kind: str
     noise_level: float
+    #: ``{name: (B, ...)}`` prompt conditioning of every row (``Policy.encode_prompts`` of its
+    #: prompt); ``None`` for a trajectory recorded without it
+    cond: Optional[dict[str, torch.Tensor]] = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -47,6 +52,7 @@ class Trajectory:
             version=self.version,
             sde_kind=self.sde_kind,
             noise_level=self.noise_level,
+            cond=None if self.cond is None else {k: v[idx] for k, v in self.cond.items()},
         )
 
     @staticmethod
@@ -59,6 +65,11 @@ class Trajectory:
         for p in parts[1:]:
             if (p.sde_kind, p.noise_level, p.num_trained_steps) != (first.sde_kind, first.noise_level, first.num_trained_steps):
                 raise ValueError("cannot concatenate trajectories of different SDE kind, noise or step count")
+        with_cond = [p.cond is not None for p in parts]
+        if any(with_cond) and not all(with_cond):
+            raise ValueError("cannot concatenate trajectories with and without prompt conditioning")
+        if all(with_cond) and any(set(p.cond) != set(first.cond) for p in parts):
+            raise ValueError("cannot concatenate trajectories whose prompt conditionings have different keys")
         return Trajectory(
             prompts=[s for p in parts for s in p.prompts],
             latents=torch.cat([p.latents for p in parts]),
@@ -70,4 +81,5 @@ class Trajectory:
             version=min(p.version for p in parts),
             sde_kind=first.sde_kind,
             noise_level=first.noise_level,
+            cond={k: torch.cat([p.cond[k] for p in parts]) for k in first.cond} if all(with_cond) else None,
         )

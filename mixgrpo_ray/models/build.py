@@ -44,13 +44,19 @@ def eval_batch_size(model: ModelConfig, configured: int) -> int:
 
 
 def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> Policy:
-    """The policy ``model`` describes, on ``device``. ``trainable=False`` (rollout actors) may
-    skip optimiser-only state such as fp32 master copies."""
+    """The policy ``model`` describes, on ``device``.
+
+    ``trainable=True`` (a learner) holds only what it trains: no text encoders and no VAE (the
+    learner conditions on the prompt embeddings the trajectory carries; ``encode_prompts`` and, for
+    FLUX, ``decode`` raise). ``trainable=False`` (rollout actors, evaluation, sampling) holds every
+    component and may skip optimiser-only state such as fp32 master copies."""
     if model.kind == "tiny":
         from mixgrpo_ray.models.tiny.model import TinyPolicy
 
         # path "random": a seeded random initialisation (tests, ablations); else the shipped weights
         policy = TinyPolicy(seed=0) if model.path == "random" else TinyPolicy.from_pretrained(model.path)
+        if trainable:  # its text encoder is frozen: RL trains the transformer only
+            policy.without_text_encoder()
         return policy.to(device)
     if model.kind == "flux":
         from mixgrpo_ray.models.flux.policy import FluxPolicy

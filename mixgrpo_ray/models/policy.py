@@ -13,6 +13,9 @@ Conventions
 * :meth:`Policy.velocity` returns float32, the same shape as ``x``. Mixed precision (bf16
   autocast) is the policy's business; all step math outside it is float32.
 * :meth:`Policy.decode` returns float32 images ``(batch, 3, H, W)`` in ``[0, 1]``.
+* A learner's policy (``build_policy(..., trainable=True)``) holds only what it trains: it need
+  not implement :meth:`Policy.encode_prompts` or :meth:`Policy.decode` (its frozen text encoders
+  and VAE are not loaded); it conditions on the ``cond`` the rollout recorded in the trajectory.
 """
 
 from __future__ import annotations

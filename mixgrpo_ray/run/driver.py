@@ -139,7 +139,8 @@ class Driver:
         return {name: pool.can_fail for name, pool in self.rewards.items()}
 
     def train(self, batches: list[RolloutBatch], advantages: torch.Tensor, iteration: int) -> dict:
-        stats = self.learners.train([b.trajectory for b in batches], advantages, iteration)
+        stats = self.learners.train([b.trajectory for b in batches], advantages, iteration,
+                                    sizes=[len(b.prompts) for b in batches])
         check_finite_loss(stats, len(advantages), self.faults)
         return stats
 

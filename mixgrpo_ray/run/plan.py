@@ -18,7 +18,9 @@ T = tokens = (H/16)(W/16) + max_sequence_length for FLUX, d = hidden width, L = 
 * activations per sample, bf16 (Korthikanti et al. 2022, eq. 2 with memory-efficient attention:
   34 T d bytes per block): without gradient checkpointing ``34 T d L``; with it the block inputs
   ``2 T d L`` plus one block recomputed ``34 T d``. Times b.
-* text encoders and VAE in the compute dtype (the learner loads them today, as rollout actors do).
+* text encoders and VAE in the compute dtype: on rollout actors only. A learner holds only what it
+  trains and conditions on the prompt embeddings the trajectory carries (b rows of
+  max_sequence_length x 4096 T5 states on the GPU per update, ~13 MB for FLUX: left out).
 * sync buffers: one bucket (``learner.sync_bucket_mb``) on the device for the collective
   transport; object_store buckets are packed in host memory.
 * runtime: 3 GB per GPU process (CUDA context, allocator slack, NCCL buffers); a role fits when
@@ -124,7 +126,6 @@ def learner_rows(cfg: Config, size: ModelSize, workers: int, strategy: str) -> l
             rows += [("gathered blocks bf16 (2)", 2 * 2 * size.block_max), ("block gradient fp32", 4 * size.block_max)]
     per_rank = max(1, cfg.optim.samples_per_update // workers)
     rows.append((f"activations x{per_rank} sample(s)", per_rank * activation_bytes(cfg, size)))
-    rows += _frozen_rows(cfg, size)
     rows.append(("sync bucket", cfg.learner.sync_bucket_mb * 2**20 if cfg.learner.sync_transport == "collective" else 0))
     rows.append(("runtime", RUNTIME_GB * GB))
     return [(k, v / GB) for k, v in rows]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -45,14 +45,19 @@ def is_local(path: str) -> bool:
 
 @dataclass
 class FluxComponents:
-    """The six parts of a FLUX pipeline that a policy needs."""
+    """The parts of a FLUX pipeline that a policy needs. A learner's components
+    (``load_components(..., frozen=False)``) have the transformer only: the VAE and text encoders
+    are ``None`` and only their configs are read (for sizes and checks)."""
 
     transformer: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: Any
-    text_encoder_2: torch.nn.Module
-    tokenizer_2: Any
+    vae_config: Any
+    text_encoder_config: Any
+    text_encoder_2_config: Any
+    vae: Optional[torch.nn.Module] = None
+    text_encoder: Optional[torch.nn.Module] = None
+    tokenizer: Any = None
+    text_encoder_2: Optional[torch.nn.Module] = None
+    tokenizer_2: Any = None
 
 
 def _check_folder(path: str) -> str:
@@ -79,20 +84,37 @@ def load_transformer(path: str, dtype: torch.dtype) -> torch.nn.Module:
     return FluxTransformer2DModel.from_pretrained(path, subfolder="transformer", torch_dtype=dtype)
 
 
-def load_components(path: str, transformer_dtype: torch.dtype, frozen_dtype: torch.dtype) -> FluxComponents:
-    """All components of ``path`` on CPU: the transformer in ``transformer_dtype``, the VAE and the
-    text encoders in ``frozen_dtype``."""
+def load_components(path: str, transformer_dtype: torch.dtype, frozen_dtype: torch.dtype, *,
+                    frozen: bool = True) -> FluxComponents:
+    """The components of ``path`` on CPU: the transformer in ``transformer_dtype``; with
+    ``frozen`` (rollout actors, evaluation) also the VAE and the text encoders in ``frozen_dtype``,
+    without it (learners) only their configs (no weights are read)."""
     from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+    from diffusers.configuration_utils import FrozenDict
+    from transformers import AutoConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     if is_local(path):
         path = _check_folder(path)
+    transformer = load_transformer(path, transformer_dtype)
+    if not frozen:
+        return FluxComponents(
+            transformer=transformer,
+            vae_config=FrozenDict(AutoencoderKL.load_config(path, subfolder="vae")),
+            text_encoder_config=AutoConfig.from_pretrained(path, subfolder="text_encoder"),
+            text_encoder_2_config=AutoConfig.from_pretrained(path, subfolder="text_encoder_2"),
+        )
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=frozen_dtype)
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=frozen_dtype)
+    text_encoder_2 = T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=frozen_dtype)
     return FluxComponents(
-        transformer=load_transformer(path, transformer_dtype),
-        vae=AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=frozen_dtype),
-        text_encoder=CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=frozen_dtype),
+        transformer=transformer,
+        vae_config=vae.config,
+        text_encoder_config=text_encoder.config,
+        text_encoder_2_config=text_encoder_2.config,
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-        text_encoder_2=T5EncoderModel.from_pretrained(path, subfolder="text_encoder_2", dtype=frozen_dtype),
+        text_encoder_2=text_encoder_2,
         tokenizer_2=T5TokenizerFast.from_pretrained(path, subfolder="tokenizer_2"),
     )
 
@@ -102,21 +124,21 @@ def check_compatible(c: FluxComponents) -> None:
     tcfg = c.transformer.config
     if int(getattr(tcfg, "patch_size", 1)) != 1:
         raise ValueError(f"FLUX transformer must have patch_size 1 (latents are packed outside), got {tcfg.patch_size}")
-    latent_channels = int(c.vae.config.latent_channels)
+    latent_channels = int(c.vae_config.latent_channels)
     if tcfg.in_channels != 4 * latent_channels:
         raise ValueError(
             f"transformer in_channels={tcfg.in_channels} but the VAE has {latent_channels} latent channels "
             f"(2x2 packing needs in_channels = 4 * latent_channels)"
         )
-    if tcfg.joint_attention_dim != c.text_encoder_2.config.d_model:
+    if tcfg.joint_attention_dim != c.text_encoder_2_config.d_model:
         raise ValueError(
             f"transformer joint_attention_dim={tcfg.joint_attention_dim} does not match the T5 width "
-            f"{c.text_encoder_2.config.d_model}"
+            f"{c.text_encoder_2_config.d_model}"
         )
-    if tcfg.pooled_projection_dim != c.text_encoder.config.hidden_size:
+    if tcfg.pooled_projection_dim != c.text_encoder_config.hidden_size:
         raise ValueError(
             f"transformer pooled_projection_dim={tcfg.pooled_projection_dim} does not match the CLIP width "
-            f"{c.text_encoder.config.hidden_size}"
+            f"{c.text_encoder_config.hidden_size}"
         )
 
 

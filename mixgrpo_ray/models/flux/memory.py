@@ -5,8 +5,9 @@ Parameter counts come from each component's ``*.safetensors`` headers. From them
 
 * rollout: every component in the compute dtype;
 * learner, full fine-tuning: the transformer's fp32 master weights, fp32 gradients and AdamW's two
-  fp32 moments (16 bytes per parameter), the frozen components in the compute dtype;
-* learner, LoRA: everything frozen in the compute dtype (the adapters are small and left out).
+  fp32 moments (16 bytes per parameter); no text encoders and no VAE (learners hold only what
+  they train and condition on the embeddings the trajectory carries);
+* learner, LoRA: the frozen transformer in the compute dtype (the adapters are small and left out).
 
 Weights and optimiser state only: activations, the prompt cache and allocator slack come on top.
 """
@@ -56,7 +57,7 @@ def component_params(folder: str | Path) -> Optional[dict[str, int]]:
 def role_weight_bytes(params: dict[str, int], role: str, compute: torch.dtype, lora: bool) -> int:
     """Bytes of weights (and optimiser state) a ``rollout`` or ``learner`` actor holds."""
     per = torch.tensor([], dtype=compute).element_size()
+    if role == "learner":  # the transformer only
+        return params["transformer"] * (per if lora else FULL_FINE_TUNING_BYTES)
     frozen = sum(n for name, n in params.items() if name != "transformer") * per
-    if role == "learner" and not lora:
-        return frozen + params["transformer"] * FULL_FINE_TUNING_BYTES
     return frozen + params["transformer"] * per

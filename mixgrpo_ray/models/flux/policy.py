@@ -19,6 +19,11 @@ eq. (6)); the step math outside always uses the exact sigma. The forward pass ru
   published to rollout actors and written to checkpoints is exactly the trainable set. Rollout
   actors (``trainable=False``) hold everything in the compute dtype. Text encoders and VAE are
   always frozen in eval mode; prompt encodings are cached (:mod:`mixgrpo_ray.models.flux.text`).
+* **Learners hold only what they train.** A learner's policy (``trainable=True``) loads the
+  transformer alone: no T5/CLIP text encoders (about 10 GB for FLUX.1-dev) and no VAE, only their
+  configs. It conditions on the prompt embeddings the rollout recorded in the trajectory;
+  :meth:`FluxPolicy.encode_prompts` and :meth:`FluxPolicy.decode` raise
+  :class:`FrozenPartsNotLoaded` there.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ from mixgrpo_ray.models.policy import Cond, Policy, check_state_dict
 PATCH = 2  # FLUX packs 2x2 latent patches into one token
 
 
+class FrozenPartsNotLoaded(RuntimeError):
+    """A learner-side FLUX policy was asked to encode prompts or decode latents."""
+
+
 class FluxPolicy(Policy):
     """A FLUX text-to-image model behind the :class:`~mixgrpo_ray.models.policy.Policy` interface (see
     the module docstring). Build it with :meth:`from_model_config`."""
@@ -48,9 +57,10 @@ class FluxPolicy(Policy):
     def __init__(
         self,
         transformer: torch.nn.Module,
-        vae: torch.nn.Module,
-        prompts: FluxPromptEncoder,
+        vae: Optional[torch.nn.Module],
+        prompts: Optional[FluxPromptEncoder],
         *,
+        vae_config=None,
         height: int,
         width: int,
         guidance: float = 3.5,
@@ -60,16 +70,22 @@ class FluxPolicy(Policy):
         decode_batch_size: int = 4,
     ) -> None:
         """Wrap loaded components (all on one device). ``use_adapters=False`` runs the transformer
-        with its LoRA adapters switched off (the base model; see :meth:`base_view`)."""
+        with its LoRA adapters switched off (the base model; see :meth:`base_view`). A learner
+        passes ``vae=None, prompts=None`` and the VAE's ``vae_config`` (for the latent sizes)."""
         self.transformer = transformer
-        self.vae = vae.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False) if vae is not None else None
         self.prompts = prompts
+        if vae is not None:
+            vae_config = vae.config
+        if vae_config is None:
+            raise ValueError("FluxPolicy needs the VAE or its config (vae_config)")
+        self.vae_config = vae_config
         self.compute_dtype = compute_dtype
         self.guidance = float(guidance)
         self.timestep_decimals = timestep_decimals
         self.use_adapters = use_adapters
         self.decode_batch_size = int(decode_batch_size)
-        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
         unit = self.vae_scale_factor * PATCH
         if height % unit or width % unit or height < unit or width < unit:
             raise ValueError(
@@ -77,7 +93,7 @@ class FluxPolicy(Policy):
                 f"(VAE scale {self.vae_scale_factor} x 2x2 packing); e.g. {max(unit, height // unit * unit)}"
             )
         self.height, self.width = int(height), int(width)
-        self.latent_channels = int(vae.config.latent_channels)
+        self.latent_channels = int(vae_config.latent_channels)
         self.latent_height = self.height // self.vae_scale_factor
         self.latent_width = self.width // self.vae_scale_factor
         self._has_guidance = bool(getattr(transformer.config, "guidance_embeds", False))
@@ -93,14 +109,15 @@ class FluxPolicy(Policy):
         """Load the FLUX components ``model.path`` names (a FluxPipeline folder or hub id) onto
         ``device``. ``trainable=True`` (learner): fp32 master weights for what trains (the whole
         transformer, or the LoRA adapters when ``model.lora_rank > 0``) and gradient
-        checkpointing when configured; ``trainable=False`` (rollout): all weights in the compute
-        dtype, nothing requires grad."""
+        checkpointing when configured, and neither text encoders nor VAE (the learner conditions on
+        the embeddings the trajectory carries); ``trainable=False`` (rollout): every component, all
+        weights in the compute dtype, nothing requires grad."""
         device = torch.device(device)
         dtype = flux_loading.compute_dtype(model.dtype, device)
         path = model.path or flux_loading.DEFAULT_FLUX_MODEL
         lora = model.lora_rank > 0
         master = torch.float32 if trainable and not lora else dtype
-        c = flux_loading.load_components(path, transformer_dtype=master, frozen_dtype=dtype)
+        c = flux_loading.load_components(path, transformer_dtype=master, frozen_dtype=dtype, frozen=not trainable)
         flux_loading.check_compatible(c)
         transformer = c.transformer
         if lora:
@@ -113,13 +130,13 @@ class FluxPolicy(Policy):
         if trainable and model.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.eval()
-        encoder = FluxPromptEncoder(
+        encoder = None if trainable else FluxPromptEncoder(
             c.tokenizer, c.text_encoder, c.tokenizer_2, c.text_encoder_2,
             max_sequence_length=model.max_sequence_length,
             cache_size=int(getattr(model, "prompt_cache_size", 1024)),
         )
         policy = cls(
-            transformer, c.vae, encoder,
+            transformer, c.vae, encoder, vae_config=c.vae_config,
             height=model.height, width=model.width, guidance=model.guidance, compute_dtype=dtype,
             timestep_decimals=getattr(model, "timestep_decimals", None),
         )
@@ -132,7 +149,7 @@ class FluxPolicy(Policy):
         if not self.lora:
             raise ValueError("base_view needs a LoRA policy (model.lora_rank > 0); load a separate base policy instead")
         return FluxPolicy(
-            self.transformer, self.vae, self.prompts, height=self.height, width=self.width,
+            self.transformer, self.vae, self.prompts, vae_config=self.vae_config, height=self.height, width=self.width,
             guidance=self.guidance, compute_dtype=self.compute_dtype, timestep_decimals=self.timestep_decimals,
             use_adapters=False, decode_batch_size=self.decode_batch_size,
         )
@@ -149,7 +166,16 @@ class FluxPolicy(Policy):
         return flux_lora.adapters_disabled(self.transformer)
 
     # ---------------------------------------------------------------- Policy interface
+    def _frozen_parts(self, what: str, part: object) -> None:
+        if part is None:
+            raise FrozenPartsNotLoaded(
+                f"FLUX policy: {what} on a learner policy (built with trainable=True), which loads neither text "
+                "encoders nor VAE; learners condition on the prompt embeddings the trajectory carries "
+                "(build with trainable=False to sample, encode or decode)"
+            )
+
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
+        self._frozen_parts("encode_prompts called", self.prompts)
         return self.prompts.encode(prompts, device=self._device)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
@@ -177,6 +203,7 @@ class FluxPolicy(Policy):
 
     @torch.no_grad()
     def decode(self, x: torch.Tensor) -> torch.Tensor:
+        self._frozen_parts("decode called", self.vae)
         cfg = self.vae.config
         shift = float(getattr(cfg, "shift_factor", None) or 0.0)
         latents = self.unpack(x.to(self._device, torch.float32)) / float(cfg.scaling_factor) + shift
@@ -234,8 +261,10 @@ class FluxPolicy(Policy):
     def to(self, device: torch.device | str) -> "FluxPolicy":
         self._device = torch.device(device)
         self.transformer.to(self._device)
-        self.vae.to(self._device)
-        self.prompts.to(self._device)
+        if self.vae is not None:
+            self.vae.to(self._device)
+        if self.prompts is not None:
+            self.prompts.to(self._device)
         self._img_ids = self._img_ids.to(self._device)
         return self
 
@@ -262,7 +291,8 @@ def shared_base(trained: FluxPolicy, model: ModelConfig) -> FluxPolicy:
     base_transformer = flux_loading.load_transformer(model.path or flux_loading.DEFAULT_FLUX_MODEL, trained.compute_dtype)
     base_transformer.requires_grad_(False).eval().to(trained.device)
     return FluxPolicy(
-        base_transformer, trained.vae, trained.prompts, height=trained.height, width=trained.width,
+        base_transformer, trained.vae, trained.prompts, vae_config=trained.vae_config, height=trained.height,
+        width=trained.width,
         guidance=trained.guidance, compute_dtype=trained.compute_dtype,
         timestep_decimals=trained.timestep_decimals, decode_batch_size=trained.decode_batch_size,
     )

@@ -15,7 +15,9 @@
 * **Text encoder.** Our own: word-level vocabulary of the task grammar, embeddings + one
   transformer layer, resampled by attention to 4 text tokens (``encoder_hidden_states``) and
   mean-pooled to the pooled projection. Trained jointly in pre-training, frozen afterwards:
-  only the transformer is trainable by RL.
+  only the transformer is trainable by RL. So a learner holds only the transformer
+  (:meth:`TinyPolicy.without_text_encoder`, what ``build_policy(..., trainable=True)`` returns) and
+  conditions on the prompt embeddings the rollout recorded in the trajectory.
 
 ``TinyPolicy.from_pretrained()`` loads the weights shipped in ``mixgrpo_ray/models/tiny/assets``
 (no network); ``TinyPolicy()`` is a random initialisation.
@@ -182,9 +184,24 @@ class TinyPolicy(Policy):
         policy.load_full_state_dict(state)
         return policy
 
+    def without_text_encoder(self) -> "TinyPolicy":
+        """Drop the frozen text encoder (a learner trains the transformer only and conditions on
+        the embeddings the trajectory carries); :meth:`encode_prompts` then raises. Returns self."""
+        self.text_encoder = None
+        return self
+
+    def _text_encoder(self) -> TinyTextEncoder:
+        if self.text_encoder is None:
+            raise RuntimeError(
+                "tiny policy: this learner policy holds no text encoder (it trains the transformer only); "
+                "learners condition on the prompt embeddings the trajectory carries"
+            )
+        return self.text_encoder
+
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """All weights (text encoder and transformer), keys prefixed ``text_encoder.`` /
         ``transformer.``."""
+        self._text_encoder()
         out = {f"text_encoder.{k}": v for k, v in self.text_encoder.state_dict().items()}
         out.update({f"transformer.{k}": v for k, v in self.transformer.state_dict().items()})
         return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in out.items()}
@@ -196,7 +213,7 @@ class TinyPolicy(Policy):
         other = [k for k in state if not k.startswith(("text_encoder.", "transformer."))]
         if other:
             raise ValueError(f"tiny model: unexpected weights {other[:3]}")
-        self.text_encoder.load_state_dict(te, strict=True)
+        self._text_encoder().load_state_dict(te, strict=True)
         self.load_trainable_state_dict(tr)
 
     def save_pretrained(self, path: str | Path, extra: Mapping | None = None) -> Path:
@@ -225,7 +242,7 @@ class TinyPolicy(Policy):
 
     def encode_with_grad(self, prompts: Sequence[str]) -> Cond:
         """Like :meth:`encode_prompts` but differentiable (used by pre-training)."""
-        hidden, pooled = self.text_encoder(self.tokenize(prompts).to(self._device))
+        hidden, pooled = self._text_encoder()(self.tokenize(prompts).to(self._device))
         return {"encoder_hidden_states": hidden, "pooled_projections": pooled}
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
@@ -284,7 +301,8 @@ class TinyPolicy(Policy):
 
     def to(self, device: torch.device | str) -> "TinyPolicy":
         self._device = torch.device(device)
-        self.text_encoder.to(self._device)
+        if self.text_encoder is not None:
+            self.text_encoder.to(self._device)
         self.transformer.to(self._device)
         self._img_ids = self._img_ids.to(self._device)
         self._txt_ids = self._txt_ids.to(self._device)
