@@ -313,34 +313,33 @@ def test_train_dry_run_probes_every_role_without_loading_models(tmp_path, capsys
     assert not (tmp_path / "runs").exists()
 
 
-# ------------------------------------------------------------------ dry-run memory from safetensors headers
-def test_dry_run_memory_from_safetensors_headers(tmp_path):
-    from mixgrpo_ray.models.flux.memory import component_params, role_weight_bytes
-    from mixgrpo_ray.models.flux.policy import FluxPolicy
+# ------------------------------------------------------------------ dry-run memory = the plan's
+def test_dry_run_memory_is_the_plans(tmp_path):
+    """``train --dry-run`` reports, per role, the total of ``mixgrpo-ray plan``'s rows for that
+    role (one memory model), and refuses a role the plan says does not fit the probe's GPU."""
+    from mixgrpo_ray.run import plan
     from mixgrpo_ray.run.dry_run import format_rows, role_row, roles
     from tiny_flux import build_tiny_flux
 
     flux = build_tiny_flux(tmp_path / "flux")
     cfg = resolve(["flux"], [f"model.path={flux}"])
-    policy = FluxPolicy.from_model_config(cfg.model, trainable=False)
-    want = {"transformer": policy.transformer, "vae": policy.vae, "text_encoder": policy.prompts.text_encoder,
-            "text_encoder_2": policy.prompts.text_encoder_2}
-    assert component_params(flux) == {k: sum(p.numel() for p in m.parameters()) for k, m in want.items()}
-    assert component_params(tmp_path / "nothing") is None
-    n = component_params(flux)
-    frozen, t = n["vae"] + n["text_encoder"] + n["text_encoder_2"], n["transformer"]
-    assert role_weight_bytes(n, "rollout", torch.bfloat16, lora=False) == (frozen + t) * 2
-    # learners hold only the transformer: fp32 master+grad+AdamW, or frozen under LoRA (no encoders, no VAE)
-    assert role_weight_bytes(n, "learner", torch.bfloat16, lora=False) == t * 16
-    assert role_weight_bytes(n, "learner", torch.float32, lora=True) == t * 4
-    by_role = {p.kind: p for p in roles(cfg)}
+    size = plan.model_size(cfg)
+    by_role = {p.role: p for p in roles(cfg)}
     report = {"device": "cuda:0", "gpu_ids": ["0"], "cuda_visible_devices": "0", "gpu_name": "Fake", "gpu_memory_gib": 80}
-    rollout = role_row(cfg, by_role["rollout"], report)  # bf16 on CUDA: 2 bytes per parameter
-    assert rollout["memory"] == f"~{(frozen + n['transformer']) * 2 / 2**30:.1f} GiB weights (activations extra)"
-    learner = role_row(cfg, by_role["learner"], {**report, "gpu_memory_gib": 1e-9})  # 16 bytes per trained parameter
-    assert learner["memory"].startswith(f"~{n['transformer'] * 16 / 2**30:.1f} GiB weights + AdamW")
-    assert "exceeds the 1e-09 GiB of Fake on cuda:0; use --config flux_lora" in learner["error"]
+    rollout = role_row(cfg, by_role["rollout"], report, size)
+    want = sum(v for _, v in plan.rollout_rows(cfg, size))
+    assert rollout["memory"] == f"~{want:.1f} GB (mixgrpo-ray plan)" and "error" not in rollout
+    learner_rows = plan.learner_rows(cfg, size, cfg.learner.num_workers, cfg.learner.strategy)
+    assert not any("text_encoder" in k or "vae" in k for k, _ in learner_rows)  # learners hold what they train
+    learner = role_row(cfg, by_role["learner"], {**report, "gpu_memory_gib": 1.0}, size)  # runtime alone is 3 GB
+    assert learner["memory"] == f"~{sum(v for _, v in learner_rows):.1f} GB (mixgrpo-ray plan)"
+    assert "does not fit the 1 GiB of Fake on cuda:0 (at most 90% of it); use learner.strategy=fsdp" in learner["error"]
+    hps = role_row(cfg, by_role["reward/hps"], report, size)
+    assert hps["memory"] == f"~{4 * plan.REWARD_PARAMS['hps'] / 1e9 + plan.RUNTIME_GB:.1f} GB (fp32 weights + runtime)"
     assert "ERROR: " in format_rows([rollout, learner]).splitlines()[1] and "ERROR" not in format_rows([rollout])
+    # the same numbers the plan prints
+    text, _ = plan.plan_report(cfg, 80, 8, 1)
+    assert f"{sum(v for _, v in learner_rows):9.2f}" in text
 
 
 def test_a_rank_that_cannot_reach_rank_0_fails_within_the_timeout():

@@ -5,11 +5,11 @@ scheduled with exactly the resources the role's real actors ask for (``num_cpus`
 custom ``resources``). Each probe resolves its device the way the real actor does
 (:func:`~mixgrpo_ray.cluster.devices.actor_device`: the GPU Ray assigned, or a refusal when torch
 cannot use it) and reports its node, Ray GPU ids, ``CUDA_VISIBLE_DEVICES`` and the GPU's name and
-memory. The driver adds the dtype each role would use and, for FLUX from a local folder, the
-memory its weights and optimiser state take (:mod:`mixgrpo_ray.models.flux.memory`, read from the
-safetensors headers), and prints one line per role. A wrong placement (a CPU-only torch on a GPU
-node, a role no node can host, weights larger than the GPU) shows in seconds instead of after
-loading a 12B model. Reward models' memory is not estimated.
+memory. The driver adds the dtype each role would use and the memory one of its actors needs, from
+the same model as ``mixgrpo-ray plan`` (:mod:`mixgrpo_ray.run.plan`: weights, gradients, optimiser
+state, activations, encoders, sync buffers, runtime), and prints one line per role. A wrong
+placement (a CPU-only torch on a GPU node, a role no node can host, a role larger than its GPU)
+shows in seconds instead of after loading a 12B model.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mixgrpo_ray.cluster.devices import actor_device, assigned_gpu_ids
 from mixgrpo_ray.common.dtypes import short_name
 from mixgrpo_ray.config import ActorResources, Config
 from mixgrpo_ray.models.flux.loading import compute_dtype
-from mixgrpo_ray.models.flux.memory import component_params, role_weight_bytes
+from mixgrpo_ray.run.plan import GB, USABLE, ModelSize, fits, learner_rows, model_size, reward_rows, rollout_rows
 
 #: seconds to wait for the probes to be placed before calling a role unschedulable
 PLACEMENT_TIMEOUT_S = 60.0
@@ -89,37 +89,52 @@ def role_dtype(cfg: Config, probe: RoleProbe, device: Optional[str]) -> str:
     return f"{compute} autocast, fp32 master weights"
 
 
-def role_memory_gib(cfg: Config, probe: RoleProbe, device: Optional[str]) -> tuple[Optional[float], str]:
-    """``(GiB or None, text)``: the weights (and optimiser state) ``probe``'s actors would hold."""
+def role_memory(cfg: Config, probe: RoleProbe, size: Optional[ModelSize]) -> tuple[Optional[list], str]:
+    """``(plan rows or None, text)``: what one of ``probe``'s actors needs on its GPU, from the
+    same model as ``mixgrpo-ray plan`` (:mod:`mixgrpo_ray.run.plan`)."""
     if probe.kind == "reward":
+        rc = cfg.rewards[probe.role.split("/", 1)[1]]
+        rows = reward_rows(rc)
+        if rows is None:
+            return None, "not estimated"
+        return rows, f"~{sum(v for _, v in rows):.1f} GB (fp32 weights + runtime)"
+    if size is None:
         return None, "not estimated"
-    if cfg.model.kind != "flux":
-        return None, "negligible (tiny model)"
-    params = component_params(cfg.model.path or "")
-    if params is None:
-        return None, "not estimated (model.path is not a local folder with safetensors weights)"
-    dtype = compute_dtype(cfg.model.dtype, device or "cpu")
-    gib = role_weight_bytes(params, probe.kind, dtype, cfg.model.lora_rank > 0) / 2**30
-    what = "weights + AdamW state" if probe.kind == "learner" and cfg.model.lora_rank == 0 else "weights"
-    return gib, f"~{gib:.1f} GiB {what} (activations extra)"
+    if probe.kind == "learner":
+        rows = learner_rows(cfg, size, cfg.learner.num_workers, cfg.learner.strategy)
+    else:
+        rows = rollout_rows(cfg, size)
+    return rows, f"~{sum(v for _, v in rows):.1f} GB (mixgrpo-ray plan)"
 
 
-def role_row(cfg: Config, probe: RoleProbe, report: dict) -> dict:
+def role_row(cfg: Config, probe: RoleProbe, report: dict, size: Optional[ModelSize] = None) -> dict:
     """A probe's ``report`` with the role's ``dtype`` and ``memory`` added; an ``error`` when the
-    estimated memory alone exceeds the probe's GPU."""
+    plan says the role does not fit the probe's GPU."""
     device = report.get("device")
-    gib, memory = role_memory_gib(cfg, probe, device)
+    rows, memory = role_memory(cfg, probe, size)
     row = {"role": probe.role, "count": probe.count, **report, "memory": memory, "dtype": role_dtype(cfg, probe, device)}
-    if gib is not None and report.get("gpu_memory_gib") and gib > report["gpu_memory_gib"]:
-        hint = "; use --config flux_lora" if probe.kind == "learner" and cfg.model.lora_rank == 0 else ""
-        row["error"] = f"{memory} exceeds the {report['gpu_memory_gib']:g} GiB of {report['gpu_name']} on {device}{hint}"
+    gpu_gib = report.get("gpu_memory_gib")
+    if rows is not None and gpu_gib and not fits(rows, gpu_gib * 2**30 / GB):
+        hint = ("; use learner.strategy=fsdp with more learners, or --config flux_lora"
+                if probe.kind == "learner" else "")
+        row["error"] = (f"{memory} does not fit the {gpu_gib:g} GiB of {report['gpu_name']} on {device} "
+                        f"(at most {USABLE:.0%} of it){hint}")
     return row
+
+
+def plan_size(cfg: Config) -> Optional[ModelSize]:
+    """The model's size for the plan (counted on the meta device), or None when it cannot be read."""
+    try:
+        return model_size(cfg)
+    except Exception:  # noqa: BLE001 - an unreadable config: the probes still run, memory not estimated
+        return None
 
 
 def probe_roles(cfg: Config, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[dict]:
     """Place one probe per role and collect its report (plus ``role``, ``count``, ``dtype``); a
     probe not placed within ``timeout_s`` reports an ``error``."""
     plan, probes, rows = roles(cfg), [], []
+    size = plan_size(cfg)
     try:
         for p in plan:
             probes += spawn_actors(PlacementProbe, f"probe/{p.role}", 1, p.resources, wait=False)
@@ -132,7 +147,7 @@ def probe_roles(cfg: Config, timeout_s: float = PLACEMENT_TIMEOUT_S) -> list[dic
             else:
                 report = {"device": None, "error": f"not placed within {timeout_s:g} s: no node offers "
                           f"{resource_text(p.resources)} at once"}
-            rows.append(role_row(cfg, p, report))
+            rows.append(role_row(cfg, p, report, size))
     finally:
         kill_actors(probes)
     return rows

@@ -154,6 +154,13 @@ def rollout_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
     return [(k, v / GB) for k, v in rows]
 
 
+def reward_rows(reward) -> Optional[list[tuple[str, float]]]:
+    """``(item, GB)`` of one replica of a reward model (``rewards.<name>``), None when unknown."""
+    if reward.kind not in REWARD_PARAMS:
+        return None
+    return [("weights fp32", 4 * REWARD_PARAMS[reward.kind] / GB), ("runtime", RUNTIME_GB)]
+
+
 def fits(rows: list[tuple[str, float]], gpu_gb: float) -> bool:
     return sum(v for _, v in rows) <= USABLE * gpu_gb
 
@@ -194,8 +201,9 @@ def plan_report(cfg: Config, gpu_gb: float, gpus_per_node: int, nodes: int) -> t
         lines.append(f"  {'total':<40} {total:9.2f}   {'fits' if fit else 'DOES NOT FIT'}")
         lines.append("")
     for name, r in cfg.rewards.items():
-        if r.num_gpus > 0 and r.kind in REWARD_PARAMS:
-            lines.append(f"reward {name} ({r.kind}): ~{4 * REWARD_PARAMS[r.kind] / GB + RUNTIME_GB:.1f} GB per replica "
+        rows = reward_rows(r)
+        if r.num_gpus > 0 and rows is not None:
+            lines.append(f"reward {name} ({r.kind}): ~{sum(v for _, v in rows):.1f} GB per replica "
                          f"(fp32 weights + runtime)")
     act_on = activation_bytes(cfg, size, True) / GB
     act_off = activation_bytes(cfg, size, False) / GB
