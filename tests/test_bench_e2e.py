@@ -43,11 +43,18 @@ def test_benchmark_table_and_nfe_counts(local_ray, tmp_path):
     assert res["dancegrpo_4"]["nfe_rollout"] == T and res["dancegrpo_4"]["nfe_policy"] == 4
     assert res["mixgrpo"]["nfe_rollout"] == T and res["mixgrpo"]["nfe_policy"] == w
     assert res["mixgrpo_flash_star"]["nfe_rollout"] == expected_rollout_nfe(T, w - 1, "dpm2", 0.2) == 7
-    for r in res.values():
-        assert r["iterations"] == 2 and r["median_s"] > 0 and r["pipeline_over_plain"] > 0
+    for name, r in res.items():
+        assert r["median_s"] > 0 and r["pipeline_over_plain"] > 0
         assert set(r["phase_s"]) == {"rollout", "reward", "train", "sync"}
         assert set(r["heldout"]) == {"prompt_following", "quality"}
-        assert [p["iteration"] for p in r["heldout_curve"]] == [0, 2]
+        if name != "mixgrpo_async":
+            assert r["iterations"] == 2 and [p["iteration"] for p in r["heldout_curve"]] == [0, 2]
+    # the async run goes on until it trained as long as the synchronous one (at most 2 more here)
+    asyn, sync_s = res["mixgrpo_async"], res["mixgrpo"]["heldout_curve"][-1]["train_s"]
+    assert 2 <= asyn["iterations"] <= 4
+    assert asyn["iterations"] == 4 or asyn["heldout_curve"][-1]["train_s"] >= sync_s
+    assert [p["iteration"] for p in asyn["heldout_curve"]] == list(range(0, asyn["iterations"] + 1, 2)) + (
+        [asyn["iterations"]] if asyn["iterations"] % 2 else [])
     assert res["mixgrpo_async"]["nfe_rollout"] == T and res["mixgrpo_async"]["nfe_policy"] == w
     assert set(res["mixgrpo_async"]["time_to_sync_final"]) == {"reward", "target", "sync_s", "async_s", "speedup"}
     assert res["dancegrpo"]["ratio"] == 1.0

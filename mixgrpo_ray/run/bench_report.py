@@ -33,9 +33,9 @@ def format_table(results: dict, reward: Optional[str] = None) -> str:
     reach = results.get("mixgrpo_async", {}).get("time_to_sync_final")
     if reach:
         got = (f"after {reach['async_s']:.1f} s, {reach['speedup']:.2f}x faster" if reach["speedup"]
-               else "not within its iterations")
+               else f"not within the same training time ({results['mixgrpo_async']['iterations']} iterations)")
         lines += ["", f"`mixgrpo_async` reaches the synchronous run's final held-out {reach['reward']} "
-                      f"({reach['target']:.4f}, reached after {reach['sync_s']:.1f} s of training) {got}."]
+                      f"({reach['target']:.4f}, after {reach['sync_s']:.1f} s of training) {got}."]
     return "\n".join(lines)
 
 
