@@ -31,7 +31,7 @@ import torch
 from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
-from mixgrpo_ray.cluster.retry import actor_died
+from mixgrpo_ray.cluster.retry import actor_died, get_each
 from mixgrpo_ray.config import RewardConfig
 from mixgrpo_ray.models.reward_input import RewardInput
 from mixgrpo_ray.rewards.fault_injection import InjectedFaults
@@ -55,9 +55,9 @@ OnFault = Callable[[str, str, str], None]
 class RewardPoolDown(RuntimeError):
     """No replica of a pool answered for ``max_down_s``."""
 
-    def __init__(self, name: str, seconds: float) -> None:
-        super().__init__(f"reward pool {name!r} (mixgrpo/reward/{name}/*) has not answered for {seconds:.0f} s "
-                         f"(rewards.{name}.max_down_s)")
+    def __init__(self, name: str, seconds: float, reason: str = "") -> None:
+        why = reason or f"has not answered for {seconds:.0f} s (rewards.{name}.max_down_s)"
+        super().__init__(f"reward pool {name!r} (mixgrpo/reward/{name}/*) {why}")
         self.pool = name
 
 
@@ -111,20 +111,32 @@ class RewardServer:
         serialization.install()
         torch.set_num_threads(torch_threads)
         self.name = name
-        self.device = actor_device(num_gpus)
-        options = dict(options)
-        inject = options.pop("_inject", None)
-        self.model = build_reward(kind, **placed_options(kind, options, self.device))
-        if inject:
-            self.model = InjectedFaults(self.model, inject, replica)
         self.batch_size = int(batch_size)
+        # a threaded Ray actor whose constructor raises dies with "Fatal Python error: Aborted" on
+        # its stderr; so a model that fails to load is kept as this replica's answer to every call
+        # (:meth:`info` first, which the pool asks at start) and the pool stops the replica
+        self._init_error: Exception | None = None
+        try:
+            self.device = actor_device(num_gpus)
+            options = dict(options)
+            inject = options.pop("_inject", None)
+            self.model = build_reward(kind, **placed_options(kind, options, self.device))
+            if inject:
+                self.model = InjectedFaults(self.model, inject, replica)
+        except Exception as exc:  # noqa: BLE001 - re-raised by every call
+            self._init_error = exc
         self._metrics = ray_metrics.RewardMetrics(name, replica)
         self._queue: collections.deque[_Request] = collections.deque()
         self._wake = threading.Condition()
         self._stats = {"requests": 0, "images": 0, "model_calls": 0}
         self._scorer: threading.Thread | None = None
 
+    def _check_started(self) -> None:
+        if self._init_error is not None:
+            raise self._init_error
+
     def info(self) -> dict:
+        self._check_started()
         spec = self.model.input()
         return {"name": self.name, "can_fail": bool(self.model.can_fail), "range": list(self.model.score_range),
                 "device": str(self.device), "input": None if spec is None else spec.to_dict(),
@@ -138,6 +150,7 @@ class RewardServer:
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """``(B,)`` float32 scores; NaN marks an image the model failed to score (the driver
         leaves those out of the reward's group statistics and counts them)."""
+        self._check_started()
         t0 = time.perf_counter()
         prompts = list(prompts)
         if images.ndim != 4 or images.shape[1] != 3 or len(prompts) != images.shape[0]:
@@ -229,8 +242,13 @@ class RewardPool(ActorGroup):
         self.cfg = cfg
         self._in_flight: list[list[ray.ObjectRef]] = [[] for _ in self.actors]
         self._requests: dict[ray.ObjectRef, tuple] = {}  # ref -> (images_ref, prompts, replica)
+        self._dead: set[int] = set()  # replicas gone for good (restarts used up): out of the rotation
         self._next = 0
-        self.info = ray.get(self.actors[0].info.remote())
+        try:
+            self.info = ray.get([a.info.remote() for a in self.actors])[0]  # raises a model that did not load
+        except BaseException:
+            self.shutdown()
+            raise
 
     @property
     def replicas(self) -> list:
@@ -251,7 +269,12 @@ class RewardPool(ActorGroup):
             if refs:
                 _done, pending = ray.wait(refs, num_returns=len(refs), timeout=0)
                 self._in_flight[i] = pending
-        loads = [len(r) if i != avoid or len(self.actors) == 1 else 1 << 30 for i, r in enumerate(self._in_flight)]
+        if len(self._dead) == len(self.actors):
+            raise RewardPoolDown(self.name, 0.0, "has no replica left: every one died and could not be restarted "
+                                 f"(rewards.{self.name}.max_restarts)")
+        loads = [len(r) if i != avoid or len(self.actors) - len(self._dead) == 1 else 1 << 30
+                 for i, r in enumerate(self._in_flight)]
+        loads = [1 << 40 if i in self._dead else n for i, n in enumerate(loads)]
         best = min(loads)
         # round-robin among the least loaded replicas
         for k in range(len(self.actors)):
@@ -260,6 +283,21 @@ class RewardPool(ActorGroup):
                 self._next = i + 1
                 return i
         return 0  # unreachable
+
+    def _gone_for_good(self, i: int, probe_s: float = 2.0) -> bool:
+        """After replica ``i`` died: is it dead for good (Ray will not restart it)? A dead actor
+        fails a call at once; one being restarted does not answer within ``probe_s`` (kept)."""
+        (reply,) = get_each([self.actors[i].info.remote()], timeout_s=probe_s)
+        if isinstance(reply, BaseException) and actor_died(reply):
+            self._dead.add(i)
+            self._in_flight[i] = []
+            return True
+        return False
+
+    @property
+    def live(self) -> list[int]:
+        """Replicas in the rotation."""
+        return [i for i in range(len(self.actors)) if i not in self._dead]
 
     def submit(self, images_ref: ray.ObjectRef, prompts: Sequence[str], avoid: int = -1) -> ray.ObjectRef:
         """Score the images behind ``images_ref`` (on another replica than ``avoid`` when there
@@ -290,7 +328,9 @@ class RewardPool(ActorGroup):
             except ray.exceptions.RayError as exc:
                 if not actor_died(exc):
                     raise
-                on_fault("reward_retry", replica, "died while scoring; the request goes to another replica")
+                gone = self._gone_for_good(i)
+                on_fault("reward_retry", replica, "died while scoring; the request goes to another replica"
+                         + ("; it cannot be restarted and leaves the rotation" if gone else ""))
             if time.monotonic() - since > self.cfg.max_down_s:
                 raise RewardPoolDown(self.name, time.monotonic() - since)
             ref = self.submit(images_ref, prompts, avoid=i)

@@ -69,6 +69,25 @@ def test_hung_and_killed_replicas_leave_metrics_identical(local_ray, tmp_path):
         assert comparable(tmp_path / name) == clean
 
 
+def test_replica_dead_for_good_leaves_the_rotation(local_ray, tmp_path):
+    """A replica killed with its restarts used up: the requests it held go to the other replica once,
+    and it gets no more (not one failed request per iteration); the metrics are unchanged."""
+    clean = baseline(tmp_path, FAST)
+    pids = []
+
+    def kill():
+        actor = ray.get_actor("mixgrpo/reward/quality/1", namespace="mixgrpo")
+        pids.append(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
+        os.kill(pids[0], signal.SIGKILL)
+    t = when_logged(tmp_path / "dead", 2, kill)
+    assert run(resolve(None, FAST + [f"run.output_dir={tmp_path}", "run.name=dead",
+                                     "rewards.quality.max_restarts=0"])) == 0
+    t.join(5)
+    assert pids, "the replica was not killed"
+    assert 1 <= total(tmp_path / "dead", "reward_retry") <= 2  # what it held when it died, at most
+    assert comparable(tmp_path / "dead") == clean
+
+
 def test_pool_down_stops_with_checkpoint_then_resumes(local_ray, tmp_path):
     clean = baseline(tmp_path, FAST)
     common = FAST + [f"run.output_dir={tmp_path}"]  # every replica of the pool hangs
