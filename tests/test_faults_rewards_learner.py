@@ -151,16 +151,30 @@ def test_nonfinite_loss_update_is_dropped_and_counted():
     pol = ToyPolicy()
     out = sample_groups(pol, ["a red circle", "a blue square"], 4, [0, 1], SamplingConfig(num_steps=8), GRPOConfig(), seed=0)
     before = {k: v.clone() for k, v in pol.trainable_state_dict().items()}
-    adv = torch.ones(8)
-    adv[5] = float("nan")  # one bad sample poisons the loss of its update
+    adv = torch.randn(8, generator=torch.Generator().manual_seed(1))
+    adv[5] = float("nan")  # one bad sample: left out of its update's loss, the rest of it applied
     plan = update_plan(8, 4, 1, seed=0)
     stats = GRPOTrainer(pol, OptimConfig(lr=1e-2), clip_range=1e-4).train_iteration(out.trajectory, adv, plan)
-    assert stats["nonfinite_samples"] == 4  # the update holding sample 5 was skipped, the other applied
+    assert stats["nonfinite_samples"] == 1
     after = pol.trainable_state_dict()
     assert all(torch.isfinite(v).all() for v in after.values())
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # the same as training on the plan without sample 5 (its update is the mean over the other three)
+    ref = ToyPolicy()
+    ref.load_trainable_state_dict(before)
+    without = [[[i for i in ranks[0] if i != 5]] for ranks in plan]
+    ref_stats = GRPOTrainer(ref, OptimConfig(lr=1e-2), clip_range=1e-4).train_iteration(out.trajectory, adv, without)
+    assert ref_stats["nonfinite_samples"] == 0
+    for k, v in ref.trainable_state_dict().items():
+        torch.testing.assert_close(after[k], v, rtol=1e-5, atol=1e-7)
+    # a sample whose recorded log-prob is not finite is left out the same way
+    bad_traj = out.trajectory.select(list(range(8)))
+    bad_traj.log_probs[2, 0] = float("inf")
+    pol2 = ToyPolicy()
+    pol2.load_trainable_state_dict(before)
+    st2 = GRPOTrainer(pol2, OptimConfig(lr=1e-2), clip_range=1e-4).train_iteration(bad_traj, torch.ones(8), plan)
+    assert st2["nonfinite_samples"] == 1 and all(torch.isfinite(v).all() for v in pol2.trainable_state_dict().values())
     log = FaultLog()
     check_finite_loss(stats, 8, log)
-    assert log.take()["faults/nonfinite_loss"] == 4
+    assert log.take()["faults/nonfinite_loss"] == 1
     with pytest.raises(RunStopped, match="every update of the iteration had a non-finite loss"):
         check_finite_loss({"nonfinite_samples": 8.0}, 8, log)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
 from mixgrpo_ray.config import OptimConfig
 from mixgrpo_ray.algo.sharding import all_reduce_mean, to_float
@@ -134,6 +135,14 @@ class GRPOTrainer:
             return
         all_reduce_mean(self.params, self.world_size, self.reduce_bucket_bytes, self.group)
 
+    def _sum_over_ranks(self, n: int) -> int:
+        if self.world_size == 1 or self.group is None:
+            return n
+        dev = self.policy.device if self.policy.device.type == "cuda" else torch.device("cpu")
+        t = torch.tensor([n], dtype=torch.int64, device=dev)
+        dist.all_reduce(t, group=self.group)
+        return int(t.item())
+
     def step_log_probs(self, batch: Trajectory, cond, j: int) -> torch.Tensor:
         """New log-probs ``(B,)`` of the recorded transition ``j`` of every row of ``batch``."""
         dev = self.policy.device
@@ -197,9 +206,10 @@ class GRPOTrainer:
         equally many, as :func:`update_plan` deals them).
 
         Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
-        policy still equals the sampling policy (ratio 1 up to numerical noise). An update whose
-        (all-reduced) gradient is not finite is skipped, identically on every rank, and its
-        samples (over all ranks) counted in ``nonfinite_samples``.
+        policy still equals the sampling policy (ratio 1 up to numerical noise). A sample whose
+        advantage or log-probs are not finite is left out of its update's loss (the mean runs over
+        the others); an update whose (all-reduced) gradient is still not finite is skipped,
+        identically on every rank. Both are counted, over all ranks, in ``nonfinite_samples``.
 
         ``proximal`` (rollouts sampled with older weights, the async pipeline): the clip acts on
         the ratio to the log-probs of the weights this iteration starts from, and the truncated
@@ -211,7 +221,8 @@ class GRPOTrainer:
         totals: dict[str, float] = {}
         first: dict[str, float] = {}
         k = trajectory.num_trained_steps
-        skipped = 0
+        skipped = 0  # samples of updates skipped on every rank (already a total over the ranks)
+        dropped = 0  # this rank's samples left out of an applied update
         for u, idx in enumerate(updates):
             idx = list(idx)
             batch = trajectory.select(idx)
@@ -219,16 +230,25 @@ class GRPOTrainer:
             cond = self.batch_cond(batch)
             self.optimizer.zero_grad(set_to_none=True)
             step_stats: dict[str, float] = {}
+            bad = torch.zeros(len(idx), dtype=torch.bool, device=dev)  # rows with a non-finite input at some step
             for j in range(k):
                 logp_new = self.step_log_probs(batch, cond, j)
                 behaviour = batch.log_probs[:, j].to(dev)
+                logp_old = torch.stack([prox[i][j] for i in idx]).to(dev) if proximal else behaviour
+                ok = torch.isfinite(adv) & torch.isfinite(logp_new.detach()) & torch.isfinite(logp_old)
+                ok &= torch.isfinite(behaviour)
+                bad |= ~ok
+                rows = slice(None) if bool(ok.all()) else ok  # all finite: exactly the unmasked loss
+                if not bool(ok.any()):  # nothing to learn from at this step; backward still runs
+                    (logp_new.nan_to_num(0.0) * 0.0).sum().backward()  # (FSDP ranks take part in every step)
+                    continue
                 if proximal:
-                    logp_old = torch.stack([prox[i][j] for i in idx]).to(dev)
-                    weight = torch.exp(logp_old - behaviour).clamp(max=max_importance_weight)
-                    loss, st = grpo_loss(logp_new, logp_old, adv, self.clip_range, importance_weight=weight)
+                    weight = torch.exp(logp_old[rows] - behaviour[rows]).clamp(max=max_importance_weight)
+                    loss, st = grpo_loss(logp_new[rows], logp_old[rows], adv[rows], self.clip_range,
+                                         importance_weight=weight)
                     st["importance_weight_mean"] = float(weight.mean())
                 else:
-                    loss, st = grpo_loss(logp_new, behaviour, adv, self.clip_range)
+                    loss, st = grpo_loss(logp_new[rows], behaviour[rows], adv[rows], self.clip_range)
                 (loss / k).backward()
                 for key, val in st.items():
                     if key == "ratio_min":
@@ -241,7 +261,8 @@ class GRPOTrainer:
             grad_norm = to_float(torch.nn.utils.clip_grad_norm_(self.params, self.optim.max_grad_norm))
             if math.isfinite(grad_norm):
                 self.optimizer.step()
-            else:  # a non-finite loss: drop this update's samples rather than poison the weights
+                dropped += int(bad.sum())  # only the bad samples were left out of the loss
+            else:  # a non-finite gradient: drop this update's samples rather than poison the weights
                 skipped += len(idx) * self.world_size
             step_stats["grad_norm"] = grad_norm
             if u == 0:
@@ -250,6 +271,6 @@ class GRPOTrainer:
                 totals[key] = totals.get(key, 0.0) + val / len(updates)
         self.optimizer.zero_grad(set_to_none=True)
         totals["updates"] = float(len(updates))
-        totals["nonfinite_samples"] = float(skipped)
+        totals["nonfinite_samples"] = float(skipped + self._sum_over_ranks(dropped))
         totals.update(first)
         return totals

@@ -79,8 +79,8 @@ def check_finite_loss(stats: Mapping[str, float], samples: int, faults: FaultLog
     """Count the samples of updates the learner skipped for a non-finite loss; raise RunStopped
     when every update of the iteration was skipped."""
     dropped = int(stats.get("nonfinite_samples", 0))
-    faults.record("nonfinite_loss", "mixgrpo/learner/0", f"{dropped} samples dropped: their update's loss/gradient "
-                  "was not finite", count=dropped)
+    faults.record("nonfinite_loss", "mixgrpo/learner/0", f"{dropped} samples dropped: their loss (or their update's "
+                  "gradient) was not finite", count=dropped)
     if dropped and dropped >= samples:
         raise RunStopped(f"every update of the iteration had a non-finite loss ({dropped} samples); the weights "
                          "were left unchanged; lower optim.lr or check the model and rewards, then resume")
