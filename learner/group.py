@@ -19,7 +19,7 @@ import torch
 from mixgrpo_ray.algo.update import rank_shares, update_plan
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.placement import place, remove_placement_group
-from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop
+from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop, get_each
 from mixgrpo_ray.common.seeds import update_plan_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
@@ -99,6 +99,17 @@ class LearnerGroup(ActorGroup):
             if not actor_died(exc.error):
                 raise exc.error from None
             raise LearnerFailed(f"learner {actor_name('learner', exc.index)} failed: {describe(exc.error)}") from exc.error
+
+    def failure(self, error: BaseException) -> BaseException:
+        """What a call that involved the learners (e.g. a weight sync) failing with ``error``
+        means: :class:`LearnerFailed` naming the rank whose process died, else ``error``."""
+        if not actor_died(error):
+            return error
+        states = get_each([a.version.remote() for a in self.actors], timeout_s=30)
+        for rank, st in enumerate(states):
+            if isinstance(st, BaseException) and actor_died(st):
+                return LearnerFailed(f"learner {actor_name('learner', rank)} failed: {describe(st)}")
+        return error
 
     def save_checkpoint(self, directory: str) -> None:
         self.get_all("save_checkpoint", directory)  # rank 0 alone writes unless sharded

@@ -140,6 +140,25 @@ def test_killed_learner_stops_the_run_in_bounded_time(local_ray, tmp_path):
     assert len(rows(tmp_path / "lrn")) < 200
 
 
+def test_learner_dead_at_the_first_broadcast_stops_cleanly(local_ray, tmp_path):
+    """A learner rank whose process is gone before the run's first weight sync: the same one-line
+    stop as later in the run (naming the rank, no checkpoint yet, the resume command)."""
+    from mixgrpo_ray.run.driver import Driver
+    from mixgrpo_ray.run.recovery import stop_cleanly
+
+    cfg = resolve(None, FAST + ["learner.num_workers=2", "optim.samples_per_update=4"])
+    driver = Driver(cfg, RunDir.create(str(tmp_path), "first"))
+    try:
+        actor = ray.get_actor("mixgrpo/learner/1", namespace="mixgrpo")
+        os.kill(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        with pytest.raises(RunStopped, match=r"mixgrpo/learner/1 failed: its process died.*no checkpoint was "
+                                             r"written yet.*--resume"):
+            with stop_cleanly(driver):
+                driver.broadcast(bump=False)
+    finally:
+        driver.shutdown()
+
+
 def test_nonfinite_loss_update_is_dropped_and_counted():
     from mixgrpo_ray.algo.rollout import sample_groups
     from mixgrpo_ray.algo.update import GRPOTrainer, update_plan

@@ -148,7 +148,10 @@ class Driver:
         """Every learner rank publishes what it owns; every live rollout actor loads and verifies
         it before sampling (``learner.sync_transport``), and every later call names it."""
         live = list(self.rollout.live)
-        version, self.sync_stats = self.weight_sync.sync(bump=bump, rollouts=[self.rollout.actors[i] for i in live])
+        try:
+            version, self.sync_stats = self.weight_sync.sync(bump=bump, rollouts=[self.rollout.actors[i] for i in live])
+        except ray.exceptions.RayError as exc:  # a learner rank died while publishing: LearnerFailed
+            raise self.learners.failure(exc) from exc
         for pos in self.weight_sync.gone:
             self.rollout.drop(live[pos])
             self.faults.record("rollout_reassigned", actor_name("rollout", live[pos]),

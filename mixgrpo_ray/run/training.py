@@ -8,6 +8,7 @@ from typing import Optional
 
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.config import Config
+from mixgrpo_ray.run.recovery import stop_cleanly
 
 
 def run(cfg: Config, resume: Optional[str] = None) -> int:
@@ -45,7 +46,8 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
             print(f"resumed from {latest} at iteration {driver.iteration}", flush=True)
         else:
             run_dir.truncate_metrics(-1)  # a resumed run without a checkpoint starts over
-            driver.broadcast(bump=False)  # every actor starts from identical weights
+            with stop_cleanly(driver):  # a learner rank that dies here stops the run as it would later
+                driver.broadcast(bump=False)  # every actor starts from identical weights
             before = driver.evaluate()
             run_dir.append_metrics({"iteration": 0, **before})
             summary["before"] = before
