@@ -28,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from contextlib import contextmanager
@@ -116,8 +117,11 @@ def _start(spec: RunSpec, env: dict) -> subprocess.Popen:
     with open(spec.log, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} mixgrpo-ray {' '.join(spec.argv())}\n")
         log.flush()
+        # Ctrl-C (SIGINT) stops a run cleanly even where the study was started with SIGINT ignored
+        # (a background job): the run would then inherit the ignored signal
         return subprocess.Popen([sys.executable, "-m", "mixgrpo_ray.cli", *spec.argv()], stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _stop(procs: Sequence[subprocess.Popen]) -> None:
@@ -234,8 +238,11 @@ def study_ray(configs: dict[str, Config], parallel: int) -> Iterator[dict]:
         for key, value in required_resources(cfg).items():
             need[key] = max(need.get(key, 0.0), value * parallel)
     custom = {k: v for k, v in need.items() if k not in ("CPU", "GPU")}
+    on_term = signal.getsignal(signal.SIGTERM)
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(need.get("CPU", 1))),
              resources=custom or None, include_dashboard=False, log_to_driver=False)
+    if callable(on_term) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)  # the study's own handler (stop the runs), not Ray's abort
     try:
         yield {**env, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     finally:
