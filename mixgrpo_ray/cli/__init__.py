@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
     "export": ("mixgrpo_ray.cli.export", "export a checkpoint as a diffusers (FLUX) or tiny model folder with a model card"),
     "bench": ("mixgrpo_ray.cli.bench", "time each algorithm variant through the pipeline and a plain loop, side by side"),
+    "study": ("mixgrpo_ray.cli.study", "train a grid of configurations x seeds; held-out gains with standard errors"),
     "plan": ("mixgrpo_ray.cli.plan", "per-role GPU memory of a config, and the smallest learner count that fits"),
     "consolidate": ("mixgrpo_ray.cli.consolidate", "write a sharded checkpoint's weights to one safetensors file"),
 }

@@ -41,30 +41,19 @@ def format_table(results: dict, reward: Optional[str] = None) -> str:
 
 def plot_heldout(results: dict, path: Path) -> Optional[Path]:
     """Held-out reward (each reward a panel) against seconds of training, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mixgrpo_ray.run.plots import Curve, Panel, plot_panels
 
     rewards = sorted(next(iter(results.values()))["heldout"])
     if not rewards:
         return None
-    fig, axes = plt.subplots(1, len(rewards), figsize=(6 * len(rewards), 4), dpi=110, squeeze=False)
-    for ax, reward in zip(axes[0], rewards):
+    panels = []
+    for reward in rewards:
+        curves = []
         for name, r in results.items():
             pts = [(p["train_s"], p[reward]) for p in r["heldout_curve"] if reward in p]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-        ax.set_xlabel("training wall-clock (s)")
-        ax.set_ylabel(f"held-out {reward}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("held-out reward against wall-clock, per variant")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+            curves.append(Curve(name, [p[0] for p in pts], [p[1] for p in pts]))
+        panels.append(Panel("training wall-clock (s)", f"held-out {reward}", curves))
+    return plot_panels([panels], path, "held-out reward against wall-clock, per variant")
 
 
 def write_report(results: dict, out: Path, header: str) -> dict[str, Path]:

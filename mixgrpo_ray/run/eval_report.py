@@ -52,7 +52,8 @@ def _decimals(se: Optional[float]) -> int:
     return int(min(8, max(4, 1 - math.floor(math.log10(se)))))
 
 
-def _cell(stat: dict, signed: bool = False) -> str:
+def stat_cell(stat: dict, signed: bool = False) -> str:
+    """``mean ± se`` of a ``{"mean", "se"[, "failures"]}`` dict, to the decimals its error needs."""
     if stat["mean"] is None:
         return "n/a"
     d = _decimals(stat["se"])
@@ -68,9 +69,9 @@ def format_table(results: list[ModelResult], change: Optional[dict], names: Sequ
     """A markdown table: one row per model (and the paired change), one column per reward."""
     lines = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for r in results:
-        lines.append(f"| {r.label} | " + " | ".join(_cell(r.stats[n]) for n in names) + " |")
+        lines.append(f"| {r.label} | " + " | ".join(stat_cell(r.stats[n]) for n in names) + " |")
     if change is not None:
-        lines.append("| change (paired) | " + " | ".join(_cell(change[n], signed=True) for n in names) + " |")
+        lines.append("| change (paired) | " + " | ".join(stat_cell(change[n], signed=True) for n in names) + " |")
     return "\n".join(lines)
 
 
