@@ -112,7 +112,7 @@ class LearnerGroup(ActorGroup):
         return error
 
     def save_checkpoint(self, directory: str) -> None:
-        self.get_all("save_checkpoint", directory)  # rank 0 alone writes unless sharded
+        self.get_together("save_checkpoint", directory)  # rank 0 alone writes unless sharded
 
     def load_checkpoint(self, directory: str) -> int:
         return self.get_together("load_checkpoint", directory)[0]

@@ -74,7 +74,9 @@ class Driver:
         self.iteration = 0
         self.version = 0
         self.last_iteration = cfg.run.iterations
-        self._next: Optional[PendingRollout] = None  # async pipeline: the next iteration, already sampling
+        # the next iteration, already sampling: started right after a sync (with the weights just
+        # published) or, with run.pipeline=async, while the learner trains (one version behind)
+        self._next: Optional[PendingRollout] = None
         self.sync_stats: dict = {}
         self.timer = PhaseTimer()
         self.faults = FaultLog()
@@ -179,7 +181,7 @@ class Driver:
     def run_iteration(self) -> dict:
         """One iteration of the five phases; returns its metrics row."""
         it = self.iteration + 1
-        if self._next is not None:  # async: sampled (and being scored) while the learner trained
+        if self._next is not None:  # already sampled (and being scored): after the last sync, or async
             pending, self._next = self._next, None
         else:
             pending = self.start_rollout(it, self.window.current())
@@ -202,6 +204,10 @@ class Driver:
         self.window.step()
         self.iteration = it
         self.sampler_before = None
+        if self._next is None and it < self.last_iteration:
+            # the next iteration samples with the weights just published (exactly on-policy) while
+            # this one's metrics, rollout log, evaluation and checkpoint are written
+            self._next = self.start_rollout(it + 1, self.window.current())
 
         window_start = window[0] if self.cfg.grpo.algorithm == "mixgrpo" else -1
         row = iteration_row(it, window_start, self.version, metas, scores, self.weights, self.can_fail(), adv, stats,
@@ -230,7 +236,8 @@ class Driver:
             self.run_dir.append_metrics(row)
             self.metrics.record(row)
             if self.checkpoint_due():
-                self.checkpoint()
+                with stop_cleanly(self):  # a learner rank that dies while saving stops the run cleanly
+                    self.checkpoint()
             after_iteration(row)
 
     # ------------------------------------------------------------------------------------------
@@ -271,7 +278,7 @@ class Driver:
             "iteration": self.iteration,
             "version": self.version,
             "window": self.window.state_dict(),
-            # an async run may have drawn the next iteration's prompts already: it is redone on resume
+            # the next iteration's prompts may be drawn already: they are drawn again on resume
             "sampler": self._next.sampler_before if self._next is not None else self.sampler.state_dict(),
         }
         path = ckpt.commit(self.run_dir.path, staging, self.iteration, state)
