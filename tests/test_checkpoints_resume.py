@@ -32,6 +32,19 @@ def make_checkpoint(run: Path, iteration: int) -> Path:
     return ckpt.commit(run, staging, iteration, {"iteration": iteration, "version": iteration})
 
 
+def test_prune_leaves_nothing_half_deleted(tmp_path):
+    """Pruning renames a checkpoint away before deleting it, and clears what an interrupted
+    deletion left (an incomplete older folder, a ``.deleting`` folder)."""
+    for it in (2, 3, 4):
+        make_checkpoint(tmp_path, it)
+    root = tmp_path / "checkpoints"
+    (root / "iter_000001").mkdir()  # a deletion killed after it removed state.json
+    (root / "iter_000001" / "weights.safetensors").write_bytes(b"x")
+    (root / ".iter_000000.deleting").mkdir()
+    assert ckpt.prune(tmp_path, 1) == [root / "iter_000002", root / "iter_000003"]
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith(("iter_", ".iter_"))) == ["iter_000004"]
+
+
 def test_checksums_keep_n_and_no_unpickling(tmp_path):
     for it in (1, 2, 3):
         make_checkpoint(tmp_path, it)

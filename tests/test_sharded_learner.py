@@ -65,6 +65,7 @@ def train(rank, world_size, strategy, flux_dir, data, port=0, reduce_bucket_mb=6
         norms.append(stats["grad_norm"])
     state = full_tensors(policy.trainable_tensors())
     if dist.is_initialized():
+        dist.barrier()  # no rank tears its group down while another still talks to it
         dist.destroy_process_group()
     return state, norms
 

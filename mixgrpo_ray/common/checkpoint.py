@@ -112,10 +112,21 @@ def prune(run: Path, keep: int) -> list[Path]:
     returns the deleted folders."""
     if keep <= 0:
         return []
-    done = sorted(p for p in checkpoints_dir(run).glob("iter_*") if is_complete(p))
+    root = checkpoints_dir(run)
+    for leftover in root.glob(".iter_*.deleting"):  # a deletion that a killed process left half done
+        shutil.rmtree(leftover, ignore_errors=True)
+    done = sorted(p for p in root.glob("iter_*") if is_complete(p))
     old = done[:-keep]
-    for path in old:
-        shutil.rmtree(path, ignore_errors=True)
+    # incomplete folders older than the newest complete checkpoint are what an interrupted deletion
+    # of an earlier version of this code left behind (staging folders are named .iter_*.partial)
+    stale = [p for p in root.glob("iter_*") if done and p.name < done[-1].name and not is_complete(p)]
+    for path in old + stale:
+        doomed = path.with_name(f".{path.name}.deleting")
+        try:
+            path.rename(doomed)  # atomic: the checkpoint is gone at once, not half-deleted
+        except OSError:
+            continue
+        shutil.rmtree(doomed, ignore_errors=True)
     return old
 
 
