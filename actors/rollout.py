@@ -178,13 +178,9 @@ class RolloutWorkers(ActorGroup):
         meta_ref)``, each prompt repeated ``group_size`` times (one per image); ``images`` maps each
         of :attr:`inputs` to the ObjectRef of the images as that reward input needs them."""
         actor = self.actors[self.actor_for(call)]
-        inputs, args = list(self.inputs), (chunk, list(window), rollout_seed(self.seed, iteration, call),
-                                           self.version, self.weights)
-        if inputs == [None]:  # every reward takes the images as sampled
-            images, traj, meta = actor.sample.remote(*args)
-            images = [images]
-        else:
-            *images, traj, meta = actor.sample.options(num_returns=len(inputs) + 2).remote(*args, inputs)
+        inputs = list(self.inputs)
+        *images, traj, meta = actor.sample.options(num_returns=len(inputs) + 2).remote(
+            chunk, list(window), rollout_seed(self.seed, iteration, call), self.version, self.weights, inputs)
         return [p for p in chunk for _ in range(self.group_size)], dict(zip(inputs, images)), traj, meta
 
     def sample(self, prompts: list[str], window: Sequence[int], iteration: int) -> list[tuple]:
@@ -224,12 +220,9 @@ class RolloutWorkers(ActorGroup):
             for start in range(0, len(share), self.eval_batch_size):
                 chunk = share[start : start + self.eval_batch_size]
                 ps = [p for p, _ in chunk]
-                args = (ps, [s for _, s in chunk], self.version, self.weights)
-                if inputs == [None]:
-                    refs = [actor.sample_eval.remote(*args)]
-                else:
-                    refs = actor.sample_eval.options(num_returns=len(inputs)).remote(*args, inputs)
-                    refs = refs if len(inputs) > 1 else [refs]
+                refs = actor.sample_eval.options(num_returns=len(inputs)).remote(
+                    ps, [s for _, s in chunk], self.version, self.weights, inputs)
+                refs = refs if len(inputs) > 1 else [refs]  # Ray returns one ref itself for num_returns=1
                 out.append((ps, dict(zip(inputs, refs))))
         return out
 
