@@ -12,7 +12,7 @@ import ray
 import torch
 import torch.distributed as dist
 
-from mixgrpo_ray.algo.sharding import full_tensors, shard_module
+from mixgrpo_ray.algo.sharding import all_reduce_int, full_tensors, shard_module
 from mixgrpo_ray.algo.update import GRPOTrainer
 from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.devices import actor_device, join_process_group
@@ -101,9 +101,7 @@ class LearnerWorker(SenderEndpoints):
         which are collectives under fsdp)."""
         if self.world_size == 1:
             return version
-        t = torch.tensor([version], dtype=torch.int64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return int(t.item())
+        return all_reduce_int(version, self.device, op=dist.ReduceOp.MIN)
 
     def fetched_ids(self) -> list[str]:
         """The ids (``ObjectRef.hex()``) of the rollout calls this rank fetched in its last

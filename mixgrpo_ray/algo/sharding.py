@@ -79,6 +79,15 @@ def all_reduce_mean(params: Sequence[torch.nn.Parameter], world_size: int, bucke
             offset += g.numel()
 
 
+def all_reduce_int(value: int, device: torch.device, op=dist.ReduceOp.SUM,
+                   group: Optional[object] = None) -> int:
+    """``value`` reduced over the ranks of ``group`` (default: the world) with ``op``; a tensor
+    on ``device`` (NCCL needs the rank's GPU, gloo the CPU)."""
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=op, group=group)
+    return int(t.item())
+
+
 def _buckets(tensors: Iterable[torch.Tensor], bucket_bytes: int) -> list[list[torch.Tensor]]:
     """Consecutive groups of ``tensors`` of at most ``bucket_bytes`` each (same dtype inside)."""
     out: list[list[torch.Tensor]] = []

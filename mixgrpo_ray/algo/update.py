@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-import torch.distributed as dist
 
 from mixgrpo_ray.config import OptimConfig
-from mixgrpo_ray.algo.sharding import all_reduce_mean, to_float
+from mixgrpo_ray.algo.sharding import all_reduce_int, all_reduce_mean, to_float
 from mixgrpo_ray.core.grpo import grpo_loss
 from mixgrpo_ray.models.policy import Cond, Policy
 from mixgrpo_ray.core.steps import sde_log_prob, sde_mean_std
@@ -139,9 +138,7 @@ class GRPOTrainer:
         if self.world_size == 1 or self.group is None:
             return n
         dev = self.policy.device if self.policy.device.type == "cuda" else torch.device("cpu")
-        t = torch.tensor([n], dtype=torch.int64, device=dev)
-        dist.all_reduce(t, group=self.group)
-        return int(t.item())
+        return all_reduce_int(n, dev, group=self.group)
 
     def step_log_probs(self, batch: Trajectory, cond, j: int) -> torch.Tensor:
         """New log-probs ``(B,)`` of the recorded transition ``j`` of every row of ``batch``."""
