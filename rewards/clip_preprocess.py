@@ -98,14 +98,8 @@ class ImagePreprocess:
         """ToTensor -> ResizeMaxSize (float bicubic, antialiased; zero pad) -> Normalize. A float
         image that already has the resized shape (resized by :meth:`input` ahead) is used as it is,
         bicubic overshoot outside ``[0, 1]`` included, as the original keeps it."""
-        height, width = images.shape[-2:]
-        new_h, new_w = self._pad_size(height, width)
-        if (new_h, new_w) != (height, width):
-            x = F.interpolate(as_float01(images), size=(new_h, new_w), mode="bicubic", antialias=True,
-                              align_corners=False)
-        else:
-            x = images.to(torch.float32) / 255.0 if images.dtype == torch.uint8 else images.to(torch.float32)
-        x = self._pad(x, new_h, new_w)
+        x = RewardInput(self.size, "longest_edge_float").apply(images)  # the same resize a rollout does ahead
+        x = self._pad(x, *x.shape[-2:])
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
