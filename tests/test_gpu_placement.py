@@ -174,10 +174,16 @@ class _FakeActor:
     def __init__(self, index, log):
         outer = self
 
-        class Method:
-            def remote(self, prompts, seeds, version=0, weights=()):
+        class Method:  # a Ray actor method handle: .options(num_returns=...).remote(...)
+            def options(self, num_returns=1):
+                self.num_returns = num_returns
+                return self
+
+            def remote(self, prompts, seeds, version=0, weights=(), inputs=(None,)):
                 log.append((index, len(prompts)))
-                return (index, list(prompts), list(seeds))
+                assert self.num_returns == len(inputs)
+                out = (index, list(prompts), list(seeds))
+                return out if self.num_returns == 1 else tuple(out for _ in inputs)
 
         self.sample_eval = Method()
         self.index = outer

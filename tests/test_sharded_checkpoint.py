@@ -44,6 +44,7 @@ def run(rank, world_size, strategy, port, data, save=None, load=None, out=None):
     if rank == 0 and out:
         torch.save({"stats": stats, "state": state}, out)
     if dist.is_initialized():
+        dist.barrier()  # no rank tears its group down while another still talks to it
         dist.destroy_process_group()
     return stats, state
 
