@@ -16,6 +16,7 @@ REWARD_KINDS: dict[str, str] = {
     # offline rewards of the embedded tiny task
     "prompt_following": "mixgrpo_ray.models.tiny.rewards:PromptFollowingReward",
     "quality": "mixgrpo_ray.models.tiny.rewards:QualityReward",
+    "object_size": "mixgrpo_ray.models.tiny.rewards:ObjectSizeReward",  # a diagnostic: use weight 0
     # real human-preference rewards (transformers-only implementations)
     "hps": "mixgrpo_ray.rewards.hps:HPSv21Reward",
     "pickscore": "mixgrpo_ray.rewards.pickscore:PickScoreReward",

@@ -1,6 +1,7 @@
 """Offline rewards of the tiny task: ground truth scores near the top, wrong images clearly lower."""
 
 import dataclasses
+import math
 import time
 
 import pytest
@@ -171,3 +172,33 @@ def test_bad_inputs_raise_clear_errors(scenes):
 def test_toy_rewards_need_full_resolution():
     # they read exact pixels of the task's small images: no declared resize
     assert build_reward("prompt_following").input() is None and build_reward("quality").input() is None
+
+
+def test_object_size_reads_the_area_ratio_of_what_was_drawn_to_what_was_asked(scenes):
+    """``object_size`` (a diagnostic, weight 0) is log2 of drawn over requested area: about 0 on
+    ground truth, and the restated ratio of the two sizes' exact areas when the prompt asks the
+    other size of the same shape."""
+    from mixgrpo_ray.models.tiny.rewards import ObjectSizeReward
+
+    attrs, prompts, images = scenes
+    size = build_reward("object_size")
+    assert isinstance(size, ObjectSizeReward) and size.name == "object_size"
+    own = size(images, prompts)
+    assert own.shape == (len(prompts),) and abs(own.mean()) < 0.1 and own.abs().max() < 0.5  # renders jitter
+    plain = task.render(attrs, jitter=False)
+    assert size(plain, prompts).abs().max() < 0.3  # un-jittered: drawn as asked, up to edge pixels
+    swapped = _with(attrs, "size", task.SIZES)
+    w = images.shape[-1]
+
+    def area(a):  # exact shape area in pixels, restated: pi h^2, 4 h^2, 2 h^2 for half extent h
+        h = task.SIZE_HALF_EXTENT[a.size] * w
+        return {"circle": math.pi, "square": 4.0, "triangle": 2.0}[a.shape] * h * h
+
+    # the same drawn area against another requested one: the difference is the requested areas' ratio
+    got = size(images, [task.prompt_for(a) for a in swapped])
+    expected = torch.tensor([math.log2((area(a) + 1) / (area(b) + 1)) for a, b in zip(attrs, swapped)])
+    torch.testing.assert_close(got - own, expected, atol=1e-4, rtol=1e-4)
+    # larger than asked is positive, smaller negative
+    assert ((got > 0) == torch.tensor([a.size == "large" for a in attrs])).all()
+    with pytest.raises(ValueError, match="square"):
+        size(images[:, :, :, :16], prompts)

@@ -165,6 +165,10 @@ def format_tables(summary: dict) -> str:
     lines += _table(["configuration", *(f"held-out {r}" for r in rewards), *(f"gain {r}" for r in rewards)],
                     [[c, *(_cell(e["equal_wallclock"]["reward"][r]) for r in rewards),
                       *(_cell(e["equal_wallclock"]["gain"][r], True) for r in rewards)] for c, e in done.items()])
+    lines += ["", "## Held-out reward over training (mean ± s.e. over seeds at each evaluation)", ""]
+    lines += _table(["configuration", "iteration", "training s", *(f"held-out {r}" for r in rewards)],
+                    [[c, str(p["iteration"]), f"{p['train_s']:.1f}", *(_cell(p["rewards"].get(r)) for r in rewards)]
+                     for c, e in done.items() for p in e["curve"]])
     names = [k for k in DIAGNOSTICS if any(k in e["diagnostics"] for e in done.values())]
     lines += ["", "## Training diagnostics (mean over iterations; mean ± s.e. over seeds)", ""]
     lines += _table(["configuration", *names], [[c, *(_cell(e["diagnostics"].get(k)) for k in names)]

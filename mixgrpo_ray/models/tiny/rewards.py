@@ -7,6 +7,8 @@
 * :class:`QualityReward` (``"quality"``): is the image clean — pixels in the task's palette
   (no noise, no blurred edges), only one background and one object colour, one compact object
   rather than stray blobs? It reads the image only (the prompt is not used).
+* :class:`ObjectSizeReward` (``"object_size"``): a diagnostic, not a preference — how much larger
+  (or smaller) than requested the object is, ``log2`` of the area ratio; used with weight 0.
 
 Both are deterministic, vectorised over the batch and run on CPU in milliseconds. Colours are
 compared in RGB ``[0, 1]`` with a soft kernel of the Euclidean distance ``d``: 1 up to
@@ -142,14 +144,13 @@ class PromptFollowingReward(RewardModel):
         kernel = (self.colour_tolerance, self.colour_radius)
         obj = colour_affinity(images, task.colour_table([a.colour for a in attrs]).unsqueeze(1), *kernel)[:, 0]
         bg = colour_affinity(images, task.colour_table([a.background for a in attrs]).unsqueeze(1), *kernel)[:, 0]
-        fg = open_mask(1.0 - colour_affinity(images, border_colour(images).unsqueeze(1), *kernel)[:, 0])
         mask = open_mask(obj)
         expected = geo["area"]
 
         background = (bg.sum(dim=(1, 2)) / (height * width - expected)).clamp(max=1.0)
         mass, cx, cy = mask_moments(mask)
         colour = (mass / (self.presence * expected)).clamp(max=1.0)
-        area = fg.sum(dim=(1, 2))
+        area = self.foreground_area(images)
         size = torch.exp(-torch.log((area + 1.0) / (expected + 1.0)).square() / (2 * self.size_tol**2))
         dist2 = (cx - geo["cx"]).square() + (cy - geo["cy"]).square()
         position = torch.exp(-dist2 / (2 * (self.position_tol * width) ** 2))
@@ -179,6 +180,34 @@ class PromptFollowingReward(RewardModel):
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         parts = self.parts(images, prompts)
         return torch.stack(list(parts.values()), dim=1).mean(dim=1)
+
+    def foreground_area(self, images: torch.Tensor) -> torch.Tensor:
+        """``A``: pixels ``(batch,)`` of the opened foreground, every pixel that does not have the
+        image's own background colour (``images`` float in ``[0, 1]``)."""
+        kernel = (self.colour_tolerance, self.colour_radius)
+        fg = open_mask(1.0 - colour_affinity(images, border_colour(images).unsqueeze(1), *kernel)[:, 0])
+        return fg.sum(dim=(1, 2))
+
+
+class ObjectSizeReward(PromptFollowingReward):
+    """Diagnostic of size drift (``"object_size"``): ``log2((A + 1) / (A* + 1))``, the foreground
+    area ``A`` measured exactly as :class:`PromptFollowingReward`'s size part measures it, against
+    the requested shape's area ``A*``. 0 is the requested size, +1 an object twice as large, -1
+    half as large. Not a preference: configure it with ``weight: 0`` so that it is scored and
+    reported (``reward/object_size``, ``eval/reward/object_size``) but never trained on; it shows
+    the reward-hacking sign of this task (objects growing beyond what the prompt asks) as a number.
+    Options are :class:`PromptFollowingReward`'s (only the colour kernel matters here)."""
+
+    name = "object_size"
+    score_range = (float("-inf"), float("inf"))
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        images = as_float01(images)
+        height, width = images.shape[-2:]
+        if height != width:
+            raise ValueError(f"object_size: images must be square, got {height}x{width}")
+        expected = task.nominal_geometry([task.parse_prompt(p) for p in prompts], width)["area"]
+        return torch.log2((self.foreground_area(images) + 1.0) / (expected + 1.0))
 
 
 class QualityReward(RewardModel):
