@@ -159,6 +159,7 @@ def resolve_start(spec):
     ("configs:\n  a: [mixgrpo, window.no_such_key=1]\n", [], "no_such_key"),
     ("configs:\n  a: [mixgrpo]\nfoo: 1\n", [], "unknown key 'foo'"),
     ("configs:\n  a: [mixgrpo]\n", ["--seeds", "0"], "--seeds must be"),
+    ("configs:\n  a: [mixgrpo]\n", ["--configs", "a,b"], "--configs: b not in grid"),
     ("configs:\n  a: [mixgrpo, run.seed=3]\n", [], "run.seed is set by the study"),
 ])
 def test_bad_grid_is_one_line_and_exit_2(tmp_path, capsys, grid_text, args, message):
@@ -170,6 +171,15 @@ def test_bad_grid_is_one_line_and_exit_2(tmp_path, capsys, grid_text, args, mess
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("mixgrpo-ray study: error:") and message in err, err
     assert not out.exists()
+
+
+def test_configs_option_trains_a_subset_in_the_grids_order(tmp_path, capsys):
+    args = ["schedule", "--configs", "frozen_0,progressive_park", "--estimate", "--out", str(tmp_path / "s")]
+    assert study_main(args) == 0
+    out = capsys.readouterr().out
+    assert "2 configurations x 3 seeds = 6 runs" in out
+    listed = [line.split()[0] for line in out.splitlines() if "min per run" in line]
+    assert listed == ["progressive_park", "frozen_0"]
 
 
 def test_cli_lists_study():

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix-fractions", default=None, metavar="P1,P2,..",
                    help="test-time mixed-model sampling fractions for the final checkpoints instead of the grid's "
                    "('none': skip)")
+    p.add_argument("--configs", default=None, metavar="C1,C2,..",
+                   help="train only these configurations of the grid (comma-separated names)")
     p.add_argument("--estimate", action="store_true", help="print the runs and the time estimate, and exit")
     p.add_argument("--list", action="store_true", help="list the built-in grids and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -62,6 +64,8 @@ def _options(args: argparse.Namespace) -> dict:
             opts["mix_fractions"] = [] if text == "none" else [float(s) for s in text.split(",") if s.strip()]
         except ValueError:
             raise GridError(f"--mix-fractions must be comma-separated fractions or 'none', got {text!r}") from None
+    if args.configs is not None:
+        opts["configs"] = [c.strip() for c in args.configs.split(",") if c.strip()]
     return opts
 
 

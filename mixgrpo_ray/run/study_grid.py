@@ -163,8 +163,15 @@ def parse_grid(data: Any, name: str) -> Grid:
 
 
 def with_options(grid: Grid, *, seeds: Optional[list[int]] = None, iterations: Any = None, eval_every: Any = None,
-                 mix_fractions: Any = None) -> Grid:
-    """``grid`` with the given settings replaced, checked."""
+                 mix_fractions: Any = None, configs: Optional[Sequence[str]] = None) -> Grid:
+    """``grid`` with the given settings replaced, checked; ``configs`` keeps only those configurations
+    (in the grid's order)."""
+    if configs is not None:
+        unknown = [c for c in configs if c not in grid.configs]
+        if unknown or not configs:
+            raise GridError(f"--configs: {', '.join(unknown) or 'none given'} not in grid {grid.name}; choose from "
+                            f"{', '.join(grid.configs)}")
+        grid = replace(grid, configs={c: items for c, items in grid.configs.items() if c in configs})
     g = replace(grid, seeds=seeds if seeds is not None else grid.seeds,
                 iterations=grid.iterations if iterations is None else iterations,
                 eval_every=grid.eval_every if eval_every is None else eval_every,
