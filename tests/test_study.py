@@ -96,6 +96,11 @@ def test_study_outputs_and_resume(tmp_path):
     for section in ("## At equal wall-clock", "## Training diagnostics", "## Test-time mixed-model sampling",
                     "![held-out reward](study.png)"):
         assert section in md
+    # the held-out reward at each evaluation (iterations 0, 2 and the final 3), per configuration
+    over = md.split("## Held-out reward over training", 1)[1].split("\n\n")[1].splitlines()[2:]
+    assert [(r.split("|")[1].strip(), int(r.split("|")[2])) for r in over] == [(c, i) for c in CONFIGS for i in (0, 2, 3)]
+    first = {r.split("|")[1].strip(): r.split("|")[4].split("±")[0].strip() for r in over if int(r.split("|")[2]) == 0}
+    assert float(first["mixgrpo"]) == pytest.approx(data["configs"]["mixgrpo"]["initial"]["prompt_following"]["mean"], abs=1e-3)
 
     # PNG: a valid image
     from PIL import Image

@@ -10,7 +10,7 @@
 * :class:`ObjectSizeReward` (``"object_size"``): a diagnostic, not a preference — how much larger
   (or smaller) than requested the object is, ``log2`` of the area ratio; used with weight 0.
 
-Both are deterministic, vectorised over the batch and run on CPU in milliseconds. Colours are
+All three are deterministic, vectorised over the batch and run on CPU in milliseconds. Colours are
 compared in RGB ``[0, 1]`` with a soft kernel of the Euclidean distance ``d``: 1 up to
 ``inner``, falling as ``(1 - (d - inner) / (outer - inner))^2`` to 0 at ``outer``, so a pixel
 near a colour counts fully and one far away not at all.
