@@ -122,9 +122,9 @@ class PromptFollowingReward(RewardModel):
             ("position_tol", position_tol), ("shape_temperature", shape_temperature), ("shape_fit", shape_fit),
         ):  # fmt: skip
             if not float(value) > 0:
-                raise ValueError(f"prompt_following: {key} must be > 0, got {value!r}")
+                raise ValueError(f"{self.name}: {key} must be > 0, got {value!r}")
         if not colour_tolerance < colour_radius:
-            raise ValueError("prompt_following: colour_tolerance must be < colour_radius")
+            raise ValueError(f"{self.name}: colour_tolerance must be < colour_radius")
         self.colour_tolerance = float(colour_tolerance)
         self.colour_radius = float(colour_radius)
         self.presence = float(presence)
@@ -135,12 +135,8 @@ class PromptFollowingReward(RewardModel):
 
     def parts(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The five graded parts (each ``(batch,)`` in ``[0, 1]``) for images and prompts."""
-        images = as_float01(images)
+        images, attrs, geo = self.requested(images, prompts)
         batch, _, height, width = images.shape
-        if height != width:
-            raise ValueError(f"prompt_following: images must be square, got {height}x{width}")
-        attrs = [task.parse_prompt(p) for p in prompts]
-        geo = task.nominal_geometry(attrs, width)
         kernel = (self.colour_tolerance, self.colour_radius)
         obj = colour_affinity(images, task.colour_table([a.colour for a in attrs]).unsqueeze(1), *kernel)[:, 0]
         bg = colour_affinity(images, task.colour_table([a.background for a in attrs]).unsqueeze(1), *kernel)[:, 0]
@@ -181,6 +177,17 @@ class PromptFollowingReward(RewardModel):
         parts = self.parts(images, prompts)
         return torch.stack(list(parts.values()), dim=1).mean(dim=1)
 
+    def requested(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[torch.Tensor, list, dict]:
+        """``images`` as float in ``[0, 1]`` (square, else ``ValueError``), each prompt's parsed
+        attributes and the requested geometry at the images' resolution
+        (:func:`~mixgrpo_ray.models.tiny.task.nominal_geometry`)."""
+        images = as_float01(images)
+        height, width = images.shape[-2:]
+        if height != width:
+            raise ValueError(f"{self.name}: images must be square, got {height}x{width}")
+        attrs = [task.parse_prompt(p) for p in prompts]
+        return images, attrs, task.nominal_geometry(attrs, width)
+
     def foreground_area(self, images: torch.Tensor) -> torch.Tensor:
         """``A``: pixels ``(batch,)`` of the opened foreground, every pixel that does not have the
         image's own background colour (``images`` float in ``[0, 1]``)."""
@@ -202,12 +209,8 @@ class ObjectSizeReward(PromptFollowingReward):
     score_range = (float("-inf"), float("inf"))
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        images = as_float01(images)
-        height, width = images.shape[-2:]
-        if height != width:
-            raise ValueError(f"object_size: images must be square, got {height}x{width}")
-        expected = task.nominal_geometry([task.parse_prompt(p) for p in prompts], width)["area"]
-        return torch.log2((self.foreground_area(images) + 1.0) / (expected + 1.0))
+        images, _, geo = self.requested(images, prompts)
+        return torch.log2((self.foreground_area(images) + 1.0) / (geo["area"] + 1.0))
 
 
 class QualityReward(RewardModel):
