@@ -20,6 +20,10 @@ train_main = T.main
 def test_default_is_tiny_and_presets_layer():
     cfg = C.resolve()
     assert cfg.model.kind == "tiny" and cfg.data.train == "tiny:train"
+    # the evidence-backed window of the tiny task (docs/studies/tiny.md, "schedule"): frozen at step 16
+    assert (cfg.window.strategy, cfg.window.initial_start, cfg.window.size) == ("frozen", 16, 4)
+    paper = C.resolve(["tiny", "mixgrpo"])  # the paper's schedule layers over it in full
+    assert (paper.window.strategy, paper.window.initial_start, paper.window.at_end) == ("progressive", 0, "rollback")
     flash = C.resolve(["mixgrpo_flash"])
     assert flash.model.kind == "tiny"  # an algorithm preset alone layers on the default model preset
     assert flash.sampling.tail == "dpm2" and flash.sampling.tail_compression == 0.4 and flash.window.shift_interval == 20

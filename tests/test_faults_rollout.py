@@ -19,7 +19,8 @@ from mixgrpo_ray.run.training import run  # noqa: E402
 FAST = [
     "model.path=random", "data.prompts_per_iteration=4", "data.eval_prompts=4", "grpo.group_size=4",
     "optim.samples_per_update=8", "optim.lr=1e-3", "sampling.num_steps=12", "window.size=2",
-    "window.initial_start=0", "window.shift_interval=1", "rollout.num_workers=2", "rollout.num_cpus=0.5",
+    "window.initial_start=0", "window.strategy=progressive", "window.shift_interval=1", "rollout.num_workers=2",
+    "rollout.num_cpus=0.5",
     "learner.num_cpus=0.5", "rewards.prompt_following.num_cpus=0.25", "rewards.quality.num_cpus=0.25",
     "run.checkpoint_every=0", "run.grid_every=0", "run.grid_prompts=0", "run.progress=false",
 ]
