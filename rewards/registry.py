@@ -17,6 +17,9 @@ REWARD_KINDS: dict[str, str] = {
     "prompt_following": "mixgrpo_ray.models.tiny.rewards:PromptFollowingReward",
     "quality": "mixgrpo_ray.models.tiny.rewards:QualityReward",
     "object_size": "mixgrpo_ray.models.tiny.rewards:ObjectSizeReward",  # a diagnostic: use weight 0
+    # offline rewards of the embedded tiny model's "pairs" task
+    "pair_following": "mixgrpo_ray.models.tiny.pairs_rewards:PairFollowingReward",
+    "pair_layout": "mixgrpo_ray.models.tiny.pairs_rewards:PairLayoutReward",  # a diagnostic: use weight 0
     # real human-preference rewards (transformers-only implementations)
     "hps": "mixgrpo_ray.rewards.hps:HPSv21Reward",
     "pickscore": "mixgrpo_ray.rewards.pickscore:PickScoreReward",

@@ -217,7 +217,8 @@ def test_runtime_env_excludes_outputs_and_environments_but_keeps_the_code_and_ti
     assert "working_dir" not in env, "the working dir comes from `ray job submit --working-dir`"
     assert all(isinstance(v, str) for v in env["env_vars"].values()), "Ray needs string env_vars"
     keep = ["mixgrpo_ray/run/training.py", "mixgrpo_ray/config/presets/flux.yaml", "mixgrpo_ray/models/tiny/assets/model.safetensors",
-            "mixgrpo_ray/models/tiny/assets/config.json", "rewards/configs/vit_h_14.json", "deploy/flux_paths.yaml",
+            "mixgrpo_ray/models/tiny/assets/config.json", "mixgrpo_ray/models/tiny/pairs_assets/model.safetensors",
+            "mixgrpo_ray/models/tiny/pairs_assets/config.json", "rewards/configs/vit_h_14.json", "deploy/flux_paths.yaml",
             "data/prompts.txt", "pyproject.toml"]
     drop = [".venv/bin/python", ".venv/lib/site.py", "runs/run-1/metrics.jsonl",
             "runs/run-1/checkpoints/iter_000050/weights.safetensors", ".git/HEAD", ".git/objects/ab/cdef",

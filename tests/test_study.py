@@ -187,6 +187,20 @@ def test_configs_option_trains_a_subset_in_the_grids_order(tmp_path, capsys):
     assert listed == ["progressive_park", "frozen_0"]
 
 
+def test_base_option_runs_a_grid_on_another_preset(tmp_path, capsys):
+    from mixgrpo_ray.run.study_grid import resolve_run, with_options
+
+    grid = with_options(load_grid("window_start"), base=["tiny_pairs", "mixgrpo"])
+    specs = [s for s in prepare(grid, tmp_path / "w")[0] if s.seed == 1]
+    cfgs = [resolve_run(s) for s in specs]
+    assert [c.window.initial_start for c in cfgs] == [0, 4, 8, 12, 16, 19]
+    assert {(c.data.train, c.data.eval) for c in cfgs} == {("tiny_pairs:train", "tiny_pairs:eval")}
+    args = ["window_start", "--base", "no_such_preset", "--estimate", "--out", str(tmp_path / "x")]
+    assert study_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown preset 'no_such_preset'" in err and not (tmp_path / "x").exists()
+
+
 def test_cli_lists_study():
     res = subprocess.run([sys.executable, "-m", "mixgrpo_ray.cli", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0 and "study" in res.stdout

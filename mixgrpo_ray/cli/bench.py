@@ -22,6 +22,8 @@ def phases_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=2, help="prompts per iteration")
     p.add_argument("--group", type=int, default=12, help="images per prompt (docs/algorithm.md §1: 12)")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--task", choices=("shapes", "pairs"), default="shapes",
+                   help="the tiny model's built-in task: its shipped weights and train prompts (default: shapes)")
     p.add_argument("--sync-gb", type=float, default=1.0,
                    help="weight-sync benchmark: size of the synthetic state in GB (0: skip)")
     p.add_argument("--sync-bucket-mb", type=float, default=256.0, help="weight-sync bucket size (learner.sync_bucket_mb)")
@@ -60,14 +62,15 @@ def main_phases(argv: list[str]) -> int:
         return 2
     import torch
 
-    from mixgrpo_ray.models.tiny import task
     from mixgrpo_ray.models.tiny.model import TinyPolicy
+    from mixgrpo_ray.models.tiny.tasks import get_task
     from mixgrpo_ray.run.bench import format_table, run_benchmark
 
     torch.set_num_threads(args.threads)
-    policy = TinyPolicy.from_pretrained()
-    prompts = task.train_prompts()[: args.prompts]
-    print(f"tiny model, {args.prompts} prompts x {args.group} images, {args.rounds} interleaved rounds, "
+    builtin = get_task(args.task)
+    policy = TinyPolicy.from_pretrained(f"builtin:{builtin.key}")
+    prompts = builtin.load().train_prompts()[: args.prompts]
+    print(f"tiny {args.task} model, {args.prompts} prompts x {args.group} images, {args.rounds} interleaved rounds, "
           f"{args.threads} thread(s)", flush=True)
     print(format_table(run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)))
     if args.sync_gb > 0:

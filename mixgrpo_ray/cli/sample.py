@@ -3,9 +3,12 @@ and write a captioned PNG grid.
 
 Images are deterministic ODE samples (Euler, 25 steps, shift 3 by default); prompt ``i`` starts
 from the noise of seed ``--seed + i``. Without ``--prompt``/``--prompts-file``, ``--num``
-held-out prompts of the built-in task, spread over the set, are used. ``--checkpoint`` is a
-safetensors file of trainable (transformer) weights as published by the learner; ``--score``
-also prints the task's offline rewards of the images. The job is :mod:`mixgrpo_ray.run.sample_grid`.
+held-out prompts of the model's built-in task (shapes or pairs), spread over the set, are used.
+``--model`` is a model folder or ``builtin:tiny`` (the default) / ``builtin:tiny_pairs``;
+``--checkpoint`` is a safetensors file of trainable (transformer) weights as published by the
+learner; ``--score`` also prints the task's offline rewards of the images (shapes:
+``prompt_following``, ``quality``; pairs: ``pair_following``, ``pair_layout``). The job is
+:mod:`mixgrpo_ray.run.sample_grid`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="text file with one prompt per line")
     p.add_argument("--num", type=int, default=16, help="held-out prompts (spread over the set) when none are given (default: 16)")
-    p.add_argument("--model", help="tiny model directory (config.json + model.safetensors; default: shipped)")
+    p.add_argument("--model", help="tiny model directory (config.json + model.safetensors) or builtin:tiny / "
+                   "builtin:tiny_pairs (default: builtin:tiny)")
+    p.add_argument("--task", choices=("shapes", "pairs"),
+                   help="built-in task of the default prompts and of --score (default: the model's own; shapes "
+                        "for --random-init)")
     p.add_argument("--random-init", action="store_true", help="use a randomly initialised model (seeded by --seed)")
     p.add_argument("--checkpoint", help="safetensors file of trainable weights to load on top of the model")
     p.add_argument("--steps", type=int, default=25, help="Euler steps (default: 25)")
@@ -49,7 +56,8 @@ def _problem(args: argparse.Namespace) -> str | None:
         (args.threads >= 1, f"--threads must be >= 1, got {args.threads}"),
         (not (args.random_init and args.model), "--random-init and --model exclude each other"),
         (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint} not found"),
-        (args.model is None or Path(args.model).is_dir(), f"--model {args.model} is not a directory"),
+        (args.model is None or args.model.startswith("builtin:") or Path(args.model).is_dir(),
+         f"--model {args.model} is not a directory (nor builtin:tiny / builtin:tiny_pairs)"),
         (not Path(args.out).is_dir(), f"--out {args.out} is a directory; give a .png file"),
     ):
         if not ok:
@@ -69,10 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     problem = _problem(args)
     if problem:
         return _fail(problem)
+    from mixgrpo_ray.models.tiny.tasks import task_of_weights
     from mixgrpo_ray.run.sample_grid import load_policy, read_prompts, write_grid
 
+    task = args.task or "shapes"
+    if not args.random_init:
+        try:
+            task = task_of_weights(args.model).name
+        except (OSError, ValueError) as exc:
+            return _fail(f"cannot load the model: {str(exc).splitlines()[0]}")
+        if args.task not in (None, task):
+            return _fail(f"--task {args.task} but the model was pre-trained on the {task} task; drop --task or "
+                         f"pass a {args.task} model")
     try:
-        prompts = read_prompts(args.prompt, args.prompts_file, args.num)
+        prompts = read_prompts(args.prompt, args.prompts_file, args.num, task)
     except ValueError as exc:
         return _fail(str(exc))
 
@@ -82,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     try:
-        policy = load_policy(args.model, args.random_init, args.seed, args.checkpoint)
+        policy = load_policy(args.model, args.random_init, args.seed, args.checkpoint, task)
     except (OSError, ValueError, RuntimeError) as exc:
         return _fail(f"cannot load the model: {str(exc).splitlines()[0]}")
     what = "random init" if args.random_init else ("checkpoint " + Path(args.checkpoint).name if args.checkpoint
@@ -95,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({len(prompts)} images)")
     if args.score:
         try:
-            scores = score_images(images, prompts)
+            scores = score_images(images, prompts, task)
         except ValueError as exc:
             return _fail(f"cannot score: {exc}")
         for name, (mean, sem) in scores.items():

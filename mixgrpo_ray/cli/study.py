@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "('none': skip)")
     p.add_argument("--configs", default=None, metavar="C1,C2,..",
                    help="train only these configurations of the grid (comma-separated names)")
+    p.add_argument("--base", default=None, metavar="P1,P2,..",
+                   help="presets under every configuration instead of the grid's base, e.g. tiny_pairs,mixgrpo "
+                        "to run a grid on the second built-in task")
     p.add_argument("--estimate", action="store_true", help="print the runs and the time estimate, and exit")
     p.add_argument("--list", action="store_true", help="list the built-in grids and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -66,6 +69,8 @@ def _options(args: argparse.Namespace) -> dict:
             raise GridError(f"--mix-fractions must be comma-separated fractions or 'none', got {text!r}") from None
     if args.configs is not None:
         opts["configs"] = [c.strip() for c in args.configs.split(",") if c.strip()]
+    if args.base is not None:
+        opts["base"] = [b.strip() for b in args.base.split(",") if b.strip()]
     return opts
 
 

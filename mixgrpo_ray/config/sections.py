@@ -70,7 +70,7 @@ class ModelConfig(Section):
 
     section_key: ClassVar[str] = "model"
     kind: ModelKind = "tiny"
-    path: Optional[Str] = None  # weights / model folder; None = the shipped tiny model
+    path: Optional[Str] = None  # weights / model folder; None = the shipped tiny model; builtin:tiny_pairs: pairs
     dtype: ModelDtype = "auto"  # forward-pass precision: auto (bf16 on GPU, fp32 on CPU), fp32, bf16
     guidance: Float = 3.5  # FLUX guidance embedding
     height: Int = 512
@@ -84,7 +84,8 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    """Prompt sources: ``tiny:train`` / ``tiny:eval`` (built-in task) or a local file."""
+    """Prompt sources: ``tiny:train`` / ``tiny:eval`` (the tiny model's shapes task),
+    ``tiny_pairs:train`` / ``tiny_pairs:eval`` (its pairs task) or a local file."""
 
     section_key: ClassVar[str] = "data"
     train: Str = "tiny:train"

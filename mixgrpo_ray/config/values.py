@@ -23,7 +23,8 @@ from mixgrpo_ray.core.window import AT_END, INTERVAL_SCHEDULES, STRATEGIES
 # equal). The config layer names them itself so that it imports nothing from the roles above it.
 # ``python`` is the user's own reward: a class or function named by ``rewards.<name>.target``.
 REWARD_KIND_NAMES: tuple[str, ...] = (
-    "prompt_following", "quality", "object_size", "hps", "pickscore", "clip", "imagereward", "unifiedreward", "python",
+    "prompt_following", "quality", "object_size", "pair_following", "pair_layout", "hps", "pickscore", "clip",
+    "imagereward", "unifiedreward", "python",
 )
 #: the form of ``rewards.<name>.target``: ``package.module:Attribute`` (dotted names on both sides)
 PYTHON_TARGET_PATTERN = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"

@@ -1,9 +1,9 @@
 """Prompt datasets from local files: plain text, JSON Lines, JSON, Parquet, and the HPDv2 folder.
 
 :func:`read_prompts` turns a *source* string into a list of prompts, in file order, duplicates
-kept, each stripped of surrounding whitespace. (``tiny:train`` / ``tiny:eval``, the built-in
-task, are handled by :func:`mixgrpo_ray.data.prompts.load_prompts`, which calls this for everything
-else.)
+kept, each stripped of surrounding whitespace. (``tiny:train`` / ``tiny:eval`` and
+``tiny_pairs:train`` / ``tiny_pairs:eval``, the built-in tasks, are handled by
+:func:`mixgrpo_ray.data.prompts.load_prompts`, which calls this for everything else.)
 
 Sources
 -------

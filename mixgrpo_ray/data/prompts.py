@@ -1,30 +1,41 @@
 """Prompt sources and the seeded, resumable prompt sampler (no Ray).
 
-A source is ``tiny:train`` / ``tiny:eval`` (the built-in task's prompt sets, optionally ``:N`` for the
-first N) or a local file read
-by :mod:`mixgrpo_ray.data.datasets` (txt, jsonl, json, parquet, HPDv2 layout).
+A source is a built-in task's prompt set — ``tiny:train`` / ``tiny:eval`` (the shapes task) or
+``tiny_pairs:train`` / ``tiny_pairs:eval`` (the pairs task), optionally ``:N`` for the first N
+(:mod:`mixgrpo_ray.models.tiny.tasks`) — or a local file read by :mod:`mixgrpo_ray.data.datasets`
+(txt, jsonl, json, parquet, HPDv2 layout).
 """
 
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 from typing import Any
+
+#: what a built-in prompt set looks like (``tiny:eval``, ``tiny_pairs:train:8``, ``tiny_foo:x``)
+_BUILTIN = re.compile(r"tiny(_\w+)?:")
+
+
+def is_builtin_source(source: str) -> bool:
+    """Whether ``source`` is read as a built-in prompt set (``tiny...:``, not an existing path)."""
+    return bool(_BUILTIN.match(source)) and not Path(source).expanduser().exists()
 
 
 def load_prompts(source: str) -> list[str]:
     """The prompts of ``source`` (raises ``ValueError`` / ``FileNotFoundError`` with one clear line)."""
-    if source.startswith("tiny:"):
+    if is_builtin_source(source):
         from mixgrpo_ray.data.datasets import _split_limit
-        from mixgrpo_ray.models.tiny import task
+        from mixgrpo_ray.models.tiny.tasks import TASKS, task_of_source
 
         name, limit = _split_limit(source)
+        builtin = task_of_source(name)
         split = name.split(":", 1)[1]
-        if split == "train":
-            prompts = list(task.train_prompts())
-        elif split == "eval":
-            prompts = list(task.eval_prompts())
-        else:
-            raise ValueError(f"unknown built-in prompt set {source!r}; use tiny:train or tiny:eval (optionally :N)")
+        if builtin is None or split not in ("train", "eval"):
+            choices = "; ".join(f"{t.key}:train or {t.key}:eval" for t in TASKS.values())
+            raise ValueError(f"unknown built-in prompt set {source!r}; use {choices} (optionally :N)")
+        module = builtin.load()
+        prompts = list(module.train_prompts() if split == "train" else module.eval_prompts())
         return prompts if limit is None else prompts[:limit]
     from mixgrpo_ray.data.datasets import read_prompts
 

@@ -119,7 +119,10 @@ def algorithm_preset(cfg: Config) -> str:
 
 def model_card(cfg: Config, weights: Path, usage: str, summary: Optional[dict]) -> str:
     m, g, s = cfg.model, cfg.grpo, cfg.sampling
-    base = "the embedded tiny model" if m.kind == "tiny" else (m.path or "black-forest-labs/FLUX.1-dev")
+    if m.kind == "tiny":
+        base = "the embedded tiny model" + (f" {m.path}" if m.path and m.path.startswith("builtin:") else "")
+    else:
+        base = m.path or "black-forest-labs/FLUX.1-dev"
     trained = f"LoRA adapters (rank {m.lora_rank})" if m.kind == "flux" and m.lora_rank else "all transformer weights"
     lines = [
         "---", "library_name: diffusers" if m.kind == "flux" else "library_name: mixgrpo-ray",

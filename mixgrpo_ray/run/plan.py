@@ -70,7 +70,10 @@ def model_size(cfg: Config) -> ModelSize:
     if m.kind == "tiny":
         from mixgrpo_ray.models.tiny.model import TinyConfig, TinyTextEncoder, build_transformer
 
-        tc = TinyConfig()
+        try:  # the configured model's own architecture (its vocabulary), else the default one
+            tc = TinyConfig() if m.path == "random" else TinyConfig.from_folder(m.path)
+        except (OSError, ValueError):
+            tc = TinyConfig()
         with torch.device("meta"):
             tr, enc = build_transformer(tc), TinyTextEncoder(tc)
         tokens = (tc.resolution // tc.patch) ** 2 + tc.text_tokens

@@ -1,5 +1,6 @@
 """The job behind ``mixgrpo-ray pretrain-tiny`` (command line: :mod:`mixgrpo_ray.cli.pretrain_tiny`):
-pre-train the embedded tiny model on the built-in task.
+pre-train the embedded tiny model on a built-in task (``--task``: ``shapes``, the default, or
+``pairs``; :mod:`mixgrpo_ray.models.tiny.tasks`), whose grammar gives the model its vocabulary.
 
 Flow matching on the task's *train* combinations: for a clean image ``x0`` (in ``[-1, 1]``),
 noise ``n`` and ``sigma = S(u)``, ``u ~ U(0, 1)`` (the sampling time shift ``S``, shift 3 by
@@ -9,10 +10,19 @@ velocity is ``(x_t - x0_hat) / sigma``, so the squared velocity error is
 ``|x0_hat - x0|^2 / sigma^2``; the weight ``1 / sigma^2`` is capped at ``1 / weight_floor^2`` so
 that a rare tiny sigma does not blow up a step. Text encoder and transformer train jointly
 (AdamW, linear warm-up, cosine decay). Seeded and reproducible on a fixed thread count.
+``--position-init`` is the initial scale of the text encoder's word-position embeddings: at the
+default 0.02 the encoder starts nearly blind to word order, which the shapes task does not need;
+pairs prompts differ only in word order ("a red circle left of a blue square" vs "a blue square
+left of a red circle"), and the shipped pairs model was made with 1.
+
+Held-out scores are the task's offline rewards
+(:func:`mixgrpo_ray.run.tiny_eval.score_images`) of 25-step Euler samples of the first
+``--eval-prompts`` held-out prompts; the final evaluation also scores, for reference, the same
+random initialisation before training and jittered ground-truth renders of those prompts.
 
 Writes ``config.json`` (architecture, these options, the held-out scores) and
-``model.safetensors`` into ``--out``. The shipped model in ``mixgrpo_ray/models/tiny/assets`` was made
-with the options recorded in its ``config.json``.
+``model.safetensors`` into ``--out``. The shipped models in ``mixgrpo_ray/models/tiny/assets`` (shapes)
+and ``pairs_assets`` (pairs) were made with the options recorded in their ``config.json``.
 """
 
 from __future__ import annotations
@@ -56,30 +66,50 @@ def flow_matching_loss(policy, prompts, images_uint8, generator, sigma_shift, we
     return (weight * (x0_hat - x0).square().mean(dim=(1, 2, 3))).mean()
 
 
-def evaluate(policy, n_prompts: int, seed: int = 0) -> dict[str, list[float]]:
-    """Held-out ``{reward: [mean, sem]}`` of 25-step Euler (shift 3) samples."""
-    from mixgrpo_ray.models.tiny import task
+def _rounded(scores: dict) -> dict[str, list[float]]:
+    return {k: [round(v[0], 4), round(v[1], 4)] for k, v in scores.items()}
+
+
+def evaluate(policy, n_prompts: int, seed: int = 0, task: str = "shapes") -> dict[str, list[float]]:
+    """Held-out ``{reward: [mean, sem]}`` of 25-step Euler (shift 3) samples of the first
+    ``n_prompts`` held-out prompts of ``task``."""
+    from mixgrpo_ray.models.tiny.tasks import get_task
     from mixgrpo_ray.run.tiny_eval import sample_prompts, score_images
 
-    prompts = task.eval_prompts()[:n_prompts]
+    prompts = get_task(task).load().eval_prompts()[:n_prompts]
     policy.transformer.eval()
     policy.text_encoder.eval()
     images = sample_prompts(policy, prompts, seed=seed)
-    return {k: [round(v[0], 4), round(v[1], 4)] for k, v in score_images(images, prompts).items()}
+    return _rounded(score_images(images, prompts, task))
+
+
+def ground_truth_scores(n_prompts: int, seed: int = 0, task: str = "shapes") -> dict[str, list[float]]:
+    """Held-out ``{reward: [mean, sem]}`` of jittered ground-truth renders (seeded by ``seed``) of
+    the first ``n_prompts`` held-out prompts of ``task``: the scores' ceiling."""
+    from mixgrpo_ray.models.tiny.tasks import get_task
+    from mixgrpo_ray.run.tiny_eval import score_images
+
+    module = get_task(task).load()
+    prompts = module.eval_prompts()[:n_prompts]
+    images = module.render(list(module.eval_attributes()[:n_prompts]), generator=torch.Generator().manual_seed(seed))
+    return _rounded(score_images(images, prompts, task))
 
 
 def pretrain(args: argparse.Namespace) -> tuple[Path, float, float, dict]:
     """Pre-train with the command's options ``args`` and write ``args.out``; returns the written
-    folder, the final smoothed loss, the training seconds and the final held-out scores
-    (raises :class:`DivergedError` when the loss is not finite)."""
+    folder, the final smoothed loss, the training seconds and the final held-out scores, with the
+    reference scores under ``"random_init"`` and ``"ground_truth"`` (raises
+    :class:`DivergedError` when the loss is not finite)."""
     from tqdm import tqdm
 
-    from mixgrpo_ray.models.tiny import task
-    from mixgrpo_ray.models.tiny.model import TinyPolicy
+    from mixgrpo_ray.models.tiny.model import TinyConfig, TinyPolicy
+    from mixgrpo_ray.models.tiny.tasks import get_task
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    policy = TinyPolicy(seed=args.seed)
+    task = get_task(args.task).load()
+    config = TinyConfig(task=args.task, position_init=args.position_init)
+    policy = TinyPolicy(config, seed=args.seed)
     policy.text_encoder.requires_grad_(True)
     params = list(policy.text_encoder.parameters()) + list(policy.transformer.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
@@ -106,13 +136,18 @@ def pretrain(args: argparse.Namespace) -> tuple[Path, float, float, dict]:
         bar.set_postfix(loss=f"{ema_loss:.4f}")
         done = step + 1
         if not args.no_eval and args.eval_every and done % args.eval_every == 0 and done < args.steps:
-            scores = evaluate(policy, args.eval_prompts)
+            scores = evaluate(policy, args.eval_prompts, task=args.task)
             history.append({"step": done, "loss": round(ema_loss, 5), **scores})
             bar.write(f"step {done}: loss {ema_loss:.4f} {scores}")
     train_seconds = time.perf_counter() - start
     final: dict = {"step": args.steps, "loss": round(ema_loss, 5)}
+    reference: dict = {}
     if not args.no_eval:
-        final.update(evaluate(policy, args.eval_prompts))
+        final.update(evaluate(policy, args.eval_prompts, task=args.task))
+        reference = {
+            "random_init": evaluate(TinyPolicy(config, seed=args.seed), args.eval_prompts, task=args.task),
+            "ground_truth": ground_truth_scores(args.eval_prompts, task=args.task),
+        }
     history.append(final)
 
     policy.text_encoder.requires_grad_(False).eval()
@@ -129,7 +164,8 @@ def pretrain(args: argparse.Namespace) -> tuple[Path, float, float, dict]:
                 "train_seconds": round(train_seconds, 1),
                 "torch": torch.__version__,
                 "held_out": history,
+                **({"held_out_reference": reference} if reference else {}),
             }
         },
     )
-    return out, ema_loss, train_seconds, final
+    return out, ema_loss, train_seconds, {**final, **reference}

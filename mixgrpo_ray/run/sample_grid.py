@@ -3,9 +3,9 @@ tiny model (base weights, a random initialisation or an RL checkpoint) for promp
 captioned PNG grid.
 
 Images are deterministic ODE samples (Euler); prompt ``i`` starts from the noise of seed
-``seed + i``. Without prompts, held-out prompts of the built-in task, spread over the set, are
-used. A checkpoint is a safetensors file of trainable (transformer) weights as published by the
-learner.
+``seed + i``. Without prompts, held-out prompts of the model's built-in task (shapes or pairs),
+spread over the set, are used. A checkpoint is a safetensors file of trainable (transformer)
+weights as published by the learner.
 """
 
 from __future__ import annotations
@@ -16,26 +16,26 @@ from typing import Optional, Sequence
 import torch
 
 
-def spread_eval_prompts(num: int) -> list[str]:
-    """``num`` held-out prompts spread evenly over the held-out set (which is ordered by
-    background, then colour), so a grid shows every colour and background."""
-    from mixgrpo_ray.models.tiny import task
+def spread_eval_prompts(num: int, task: str = "shapes") -> list[str]:
+    """``num`` held-out prompts of built-in ``task`` spread evenly over its held-out set (which is
+    ordered by background first), so a grid shows every background and many colours."""
+    from mixgrpo_ray.models.tiny.tasks import get_task
 
-    pool = task.eval_prompts()
+    pool = get_task(task).load().eval_prompts()
     num = min(num, len(pool))
     return [pool[(i * len(pool)) // num] for i in range(num)]
 
 
-def read_prompts(prompts: Sequence[str], prompts_file: Optional[str], num: int) -> list[str]:
-    """``prompts``, then the lines of ``prompts_file``; without any, :func:`spread_eval_prompts`.
-    A missing file is a :class:`ValueError` naming ``--prompts-file``."""
+def read_prompts(prompts: Sequence[str], prompts_file: Optional[str], num: int, task: str = "shapes") -> list[str]:
+    """``prompts``, then the lines of ``prompts_file``; without any, :func:`spread_eval_prompts` of
+    ``task``. A missing file is a :class:`ValueError` naming ``--prompts-file``."""
     out = list(prompts)
     if prompts_file:
         path = Path(prompts_file)
         if not path.is_file():
             raise ValueError(f"--prompts-file {path} not found")
         out += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return out or spread_eval_prompts(num)
+    return out or spread_eval_prompts(num, task)
 
 
 def load_checkpoint(policy, path: str) -> None:
@@ -46,12 +46,12 @@ def load_checkpoint(policy, path: str) -> None:
     policy.load_trainable_state_dict(read_weights(path))
 
 
-def load_policy(model: Optional[str], random_init: bool, seed: int, checkpoint: Optional[str]):
-    """The tiny policy: shipped (or ``model``) weights, or a random one seeded by ``seed``, with
-    ``checkpoint`` loaded on top."""
-    from mixgrpo_ray.models.tiny.model import TinyPolicy
+def load_policy(model: Optional[str], random_init: bool, seed: int, checkpoint: Optional[str], task: str = "shapes"):
+    """The tiny policy: shipped (or ``model``: a folder or ``builtin:<name>``) weights, or a random
+    one of ``task``'s vocabulary seeded by ``seed``, with ``checkpoint`` loaded on top."""
+    from mixgrpo_ray.models.tiny.model import TinyConfig, TinyPolicy
 
-    policy = TinyPolicy(seed=seed) if random_init else TinyPolicy.from_pretrained(model)
+    policy = TinyPolicy(TinyConfig(task=task), seed=seed) if random_init else TinyPolicy.from_pretrained(model)
     if checkpoint:
         load_checkpoint(policy, checkpoint)
     return policy

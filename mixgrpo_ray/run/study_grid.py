@@ -33,6 +33,7 @@ import yaml
 from mixgrpo_ray.config import Config, ConfigError, resolve
 from mixgrpo_ray.core.mixed_rollout import rollout_nfe
 from mixgrpo_ray.core.window import SlidingWindow
+from mixgrpo_ray.data.prompts import is_builtin_source, load_prompts
 
 GRID_PACKAGE = "mixgrpo_ray.run"
 GRID_FOLDER = "grids"
@@ -163,9 +164,15 @@ def parse_grid(data: Any, name: str) -> Grid:
 
 
 def with_options(grid: Grid, *, seeds: Optional[list[int]] = None, iterations: Any = None, eval_every: Any = None,
-                 mix_fractions: Any = None, configs: Optional[Sequence[str]] = None) -> Grid:
+                 mix_fractions: Any = None, configs: Optional[Sequence[str]] = None,
+                 base: Optional[Sequence[str]] = None) -> Grid:
     """``grid`` with the given settings replaced, checked; ``configs`` keeps only those configurations
-    (in the grid's order)."""
+    (in the grid's order); ``base`` replaces the presets under every configuration (e.g. the same
+    grid on another model preset)."""
+    if base is not None:
+        if not base:
+            raise GridError("--base: name at least one preset, e.g. --base tiny_pairs,mixgrpo")
+        grid = replace(grid, base=list(base))
     if configs is not None:
         unknown = [c for c in configs if c not in grid.configs]
         if unknown or not configs:
@@ -231,8 +238,23 @@ def resolve_run(spec: RunSpec) -> Config:
 FIXED_S, ROLLOUT_S, POLICY_S = 0.095, 0.0146 / 64, 0.05 / 64
 #: starting a run's local Ray and actors, and an evaluation call
 START_S, EVAL_FIXED_S = 25.0, 0.5
-#: prompts of the built-in held-out split (``tiny:eval``) when data.eval_prompts is 0
+#: held-out prompts assumed for a prompt file when data.eval_prompts is 0 (a built-in prompt set
+#: is counted: ``tiny:eval`` holds 162, ``tiny_pairs:eval`` 216)
 TINY_EVAL_PROMPTS = 162
+
+
+def eval_prompt_count(cfg: Config) -> int:
+    """Prompts one evaluation of ``cfg`` samples (per seed): ``data.eval_prompts``, or when that is
+    0 all of a built-in ``data.eval`` set (:data:`TINY_EVAL_PROMPTS` for a file, which is not read)."""
+    count = None
+    if is_builtin_source(cfg.data.eval):
+        try:
+            count = len(load_prompts(cfg.data.eval))
+        except ValueError:  # an unknown set: the run's preflight reports it
+            count = None
+    if cfg.data.eval_prompts:
+        return cfg.data.eval_prompts if count is None else min(cfg.data.eval_prompts, count)
+    return TINY_EVAL_PROMPTS if count is None else count
 
 
 def model_evaluations(cfg: Config) -> tuple[float, float]:
@@ -255,7 +277,7 @@ def estimate_seconds(cfg: Config, mix_fractions: Sequence[float] = ()) -> float:
     rollout, policy = model_evaluations(cfg)
     samples = cfg.data.prompts_per_iteration * cfg.grpo.group_size
     per_iter = FIXED_S + samples * (ROLLOUT_S * rollout + POLICY_S * policy)
-    images = (cfg.data.eval_prompts or TINY_EVAL_PROMPTS) * cfg.data.eval_seeds
+    images = eval_prompt_count(cfg) * cfg.data.eval_seeds
     per_eval = EVAL_FIXED_S + images * cfg.sampling.num_steps * ROLLOUT_S
     evals = 2 + (max(0, cfg.run.iterations - 1) // cfg.run.eval_every if cfg.run.eval_every else 0)
     mix = len(mix_fractions) * (START_S / 5 + 2 * per_eval)  # base and checkpoint, in-process

@@ -1,4 +1,4 @@
-"""Sampling a policy deterministically and scoring it with the tiny task's offline rewards.
+"""Sampling a policy deterministically and scoring it with a built-in tiny task's offline rewards.
 
 Used by pre-training (held-out progress), by ``mixgrpo-ray sample`` and by the tests that pin
 down how good the shipped base model is.
@@ -34,13 +34,15 @@ def sample_prompts(
     return torch.cat(out) if out else torch.zeros((0, *policy.latent_shape()))
 
 
-def score_images(images: torch.Tensor, prompts: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """``{reward name: (mean, standard error)}`` of the task's offline rewards (the error is NaN
-    for a single image)."""
-    from mixgrpo_ray.models.tiny.rewards import PromptFollowingReward, QualityReward
+def score_images(images: torch.Tensor, prompts: Sequence[str], task: str = "shapes") -> dict[str, tuple[float, float]]:
+    """``{reward name: (mean, standard error)}`` of the offline rewards of built-in ``task``
+    (:attr:`mixgrpo_ray.models.tiny.tasks.BuiltinTask.scores`: shapes ``prompt_following`` and
+    ``quality``, pairs ``pair_following`` and ``pair_layout``; the error is NaN for a single
+    image). Prompts outside the task's grammar raise ``ValueError``."""
+    from mixgrpo_ray.models.tiny.tasks import get_task
 
     out = {}
-    for reward in (PromptFollowingReward(), QualityReward()):
+    for reward in get_task(task).score_rewards():
         mean, se = mean_se(reward(images, list(prompts)))
         out[reward.name] = (mean, float("nan") if se is None else se)
     return out

@@ -12,22 +12,25 @@
   ``v = (x - x0_hat) / sigma`` (so ``x - sigma * v`` is exactly ``x0_hat``, and an Euler step
   to ``sigma = 0`` lands on it). Trained with the flow-matching loss on ``v`` (see
   :mod:`mixgrpo_ray.run.pretrain_tiny`).
-* **Text encoder.** Our own: word-level vocabulary of the task grammar, embeddings + one
+* **Text encoder.** Our own: word-level vocabulary of the grammar of the model's built-in task
+  (``TinyConfig.task``: ``shapes`` or ``pairs``, :mod:`mixgrpo_ray.models.tiny.tasks`), embeddings + one
   transformer layer, resampled by attention to 4 text tokens (``encoder_hidden_states``) and
   mean-pooled to the pooled projection. Trained jointly in pre-training, frozen afterwards:
   only the transformer is trainable by RL. So a learner holds only the transformer
   (:meth:`TinyPolicy.without_text_encoder`, what ``build_policy(..., trainable=True)`` returns) and
   conditions on the prompt embeddings the rollout recorded in the trajectory.
 
-``TinyPolicy.from_pretrained()`` loads the weights shipped in ``mixgrpo_ray/models/tiny/assets``
-(no network); ``TinyPolicy()`` is a random initialisation.
+``TinyPolicy.from_pretrained()`` loads the shapes model shipped in ``mixgrpo_ray/models/tiny/assets``
+and ``TinyPolicy.from_pretrained("builtin:tiny_pairs")`` the pairs model in ``pairs_assets`` (no
+network); ``TinyPolicy()`` is a random initialisation (of the shapes task's vocabulary;
+``TinyPolicy(TinyConfig(task="pairs"))`` of the pairs task's).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -36,10 +39,10 @@ from torch import nn
 
 from mixgrpo_ray.models.flux import common as flux_common
 from mixgrpo_ray.models.policy import Cond, Policy, check_state_dict
-from mixgrpo_ray.models.tiny import task
+from mixgrpo_ray.models.tiny import task, tasks
 
-#: where the shipped pre-trained weights live
-ASSET_DIR = Path(__file__).resolve().parent / "assets"
+#: where the shipped pre-trained weights of the shapes model live
+ASSET_DIR = tasks.TASKS["shapes"].weights_dir
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<bos>")
@@ -67,13 +70,22 @@ class TinyConfig:
     text_heads: int = 4
     max_words: int = 16
     pooled_dim: int = 64
-    vocabulary: tuple[str, ...] = field(default_factory=lambda: SPECIAL_TOKENS + task.vocabulary())
+    #: standard deviation of the learned word-position embeddings at initialisation (the word
+    #: embeddings start at 1): 0.02 leaves the encoder nearly blind to word order at first, which
+    #: the shapes task does not need; the pairs task ("a red circle left of a blue square" vs
+    #: "a blue square left of a red circle") does
+    position_init: float = 0.02
+    #: the built-in task whose prompts the model reads (:data:`mixgrpo_ray.models.tiny.tasks.TASKS`)
+    task: str = tasks.DEFAULT_TASK
+    #: the special tokens then the words; empty: those of ``task``'s grammar
+    vocabulary: tuple[str, ...] = ()
     #: smallest sigma used as the divisor in ``v = (x - x0_hat) / sigma``
     sigma_floor: float = 1e-4
 
     def __post_init__(self) -> None:
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
-        self.vocabulary = tuple(self.vocabulary)
+        builtin = tasks.get_task(self.task)  # ValueError for an unknown task
+        self.vocabulary = tuple(self.vocabulary) or SPECIAL_TOKENS + builtin.load().vocabulary()
         if self.resolution % self.patch:
             raise ValueError(f"resolution {self.resolution} is not divisible by patch {self.patch}")
         if sum(self.axes_dims_rope) != self.attention_head_dim:
@@ -86,6 +98,16 @@ class TinyConfig:
         d["axes_dims_rope"] = list(self.axes_dims_rope)
         d["vocabulary"] = list(self.vocabulary)
         return d
+
+    @classmethod
+    def from_folder(cls, path: str | Path | None = None) -> "TinyConfig":
+        """The architecture in ``config.json`` of the model folder ``path`` names (as
+        :meth:`TinyPolicy.from_pretrained` reads it; ``FileNotFoundError`` when absent)."""
+        cfg_path = tasks.weights_dir(path) / CONFIG_FILE
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"tiny model: {cfg_path} not found")
+        meta = json.loads(cfg_path.read_text())
+        return cls.from_dict(meta["model"] if "model" in meta else meta)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "TinyConfig":
@@ -108,7 +130,7 @@ class TinyTextEncoder(nn.Module):
         super().__init__()
         d = cfg.text_dim
         self.embed = nn.Embedding(len(cfg.vocabulary), d, padding_idx=PAD)
-        self.position = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        self.position = nn.Parameter(torch.randn(cfg.max_words, d) * cfg.position_init)
         layer = nn.TransformerEncoderLayer(
             d, cfg.text_heads, 2 * d, dropout=0.0, batch_first=True, norm_first=True
         )
@@ -167,19 +189,17 @@ class TinyPolicy(Policy):
     # ---------------------------------------------------------------- loading and saving
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None) -> "TinyPolicy":
-        """Load ``config.json`` + ``model.safetensors`` from ``path`` (default: the shipped
-        weights in ``mixgrpo_ray/models/tiny/assets``). Local files only."""
+        """Load ``config.json`` + ``model.safetensors`` from the folder ``path`` (or the folder of
+        the file ``path``), or the shipped weights ``builtin:tiny`` (the default, ``None``) /
+        ``builtin:tiny_pairs`` (:func:`mixgrpo_ray.models.tiny.tasks.weights_dir`). Local files
+        only."""
         from safetensors.torch import load_file
 
-        root = Path(path) if path is not None else ASSET_DIR
-        if root.is_file():
-            root = root.parent
-        cfg_path, weights_path = root / CONFIG_FILE, root / WEIGHTS_FILE
-        for p in (cfg_path, weights_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"tiny model: {p} not found")
-        meta = json.loads(cfg_path.read_text())
-        policy = cls(TinyConfig.from_dict(meta["model"] if "model" in meta else meta))
+        weights_path = tasks.weights_dir(path) / WEIGHTS_FILE
+        config = TinyConfig.from_folder(path)
+        if not weights_path.is_file():
+            raise FileNotFoundError(f"tiny model: {weights_path} not found")
+        policy = cls(config)
         state = load_file(str(weights_path))
         policy.load_full_state_dict(state)
         return policy

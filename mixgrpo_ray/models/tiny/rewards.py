@@ -27,6 +27,17 @@ from mixgrpo_ray.models.tiny import task
 from mixgrpo_ray.models.reward import RewardModel, as_float01
 
 
+def positive_options(reward: str, **options: float) -> dict[str, float]:
+    """``options`` as floats, each > 0 (else ``ValueError`` naming ``reward`` and the option), with
+    ``colour_tolerance < colour_radius`` (the inner and outer radius of :func:`colour_affinity`)."""
+    for key, value in options.items():
+        if not float(value) > 0:
+            raise ValueError(f"{reward}: {key} must be > 0, got {value!r}")
+    if not options["colour_tolerance"] < options["colour_radius"]:
+        raise ValueError(f"{reward}: colour_tolerance must be < colour_radius")
+    return {key: float(value) for key, value in options.items()}
+
+
 def colour_affinity(images: torch.Tensor, colours: torch.Tensor, inner: float, outer: float) -> torch.Tensor:
     """Soft membership ``(batch, K, H, W)`` of each pixel of ``images`` ``(batch, 3, H, W)`` in
     each of ``K`` colours (``colours`` is ``(batch, K, 3)`` or ``(K, 3)``, RGB in ``[0, 1]``):
@@ -74,6 +85,37 @@ def mask_moments(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     return area, cx, cy
 
 
+def shape_match(
+    mask: torch.Tensor,
+    mass: torch.Tensor,
+    cx: torch.Tensor,
+    cy: torch.Tensor,
+    asked: torch.Tensor,
+    temperature: float,
+    fit: float,
+) -> torch.Tensor:
+    """How much better shape ``asked`` (``(batch,)`` indices into the task's shapes) explains the
+    soft colour ``mask`` ``(batch, H, W)`` of mass ``mass`` and centroid ``(cx, cy)`` than the
+    other shapes, in ``[0, 1]``: the soft IoU of ``mask`` with an equal-mass template of each
+    shape centred on the centroid, through a softmax with ``temperature``, taken at ``asked``,
+    times ``min(1, IoU_asked / fit)`` (a diffuse blob fits no shape)."""
+    batch, width = mask.shape[0], mask.shape[-1]
+    ious = []
+    for k in range(len(task.SHAPES)):
+        kind = torch.full((batch,), k, dtype=torch.long)
+        half = torch.sqrt(mass.clamp(min=1.0) / task.shape_area(kind, torch.ones(batch)))
+        # the triangle's centroid lies h/3 below its bounding-box centre
+        box_cy = cy - half / 3.0 if task.SHAPES[k] == "triangle" else cy
+        tmpl = task.shape_masks(kind, cx, box_cy, half, width, softness=0.3)
+        inter = torch.minimum(mask, tmpl).sum(dim=(1, 2))
+        union = torch.maximum(mask, tmpl).sum(dim=(1, 2)).clamp(min=1e-6)
+        ious.append(inter / union)
+    iou = torch.stack(ious, dim=1)  # (B, n_shapes)
+    asked = asked.view(-1, 1)
+    prob = torch.softmax(iou / temperature, dim=1).gather(1, asked).squeeze(1)
+    return prob * (iou.gather(1, asked).squeeze(1) / fit).clamp(max=1.0)
+
+
 class PromptFollowingReward(RewardModel):
     """How well each image shows its prompt's scene; graded in ``[0, 1]`` (1: all parts right).
 
@@ -116,27 +158,15 @@ class PromptFollowingReward(RewardModel):
         shape_temperature: float = 0.04,
         shape_fit: float = 0.7,
     ) -> None:
-        for key, value in (
-            ("colour_tolerance", colour_tolerance), ("colour_radius", colour_radius),
-            ("presence", presence), ("size_tol", size_tol),
-            ("position_tol", position_tol), ("shape_temperature", shape_temperature), ("shape_fit", shape_fit),
-        ):  # fmt: skip
-            if not float(value) > 0:
-                raise ValueError(f"{self.name}: {key} must be > 0, got {value!r}")
-        if not colour_tolerance < colour_radius:
-            raise ValueError(f"{self.name}: colour_tolerance must be < colour_radius")
-        self.colour_tolerance = float(colour_tolerance)
-        self.colour_radius = float(colour_radius)
-        self.presence = float(presence)
-        self.size_tol = float(size_tol)
-        self.position_tol = float(position_tol)
-        self.shape_temperature = float(shape_temperature)
-        self.shape_fit = float(shape_fit)
+        vars(self).update(positive_options(
+            self.name, colour_tolerance=colour_tolerance, colour_radius=colour_radius, presence=presence,
+            size_tol=size_tol, position_tol=position_tol, shape_temperature=shape_temperature, shape_fit=shape_fit,
+        ))
 
     def parts(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """The five graded parts (each ``(batch,)`` in ``[0, 1]``) for images and prompts."""
         images, attrs, geo = self.requested(images, prompts)
-        batch, _, height, width = images.shape
+        height, width = images.shape[-2:]
         kernel = (self.colour_tolerance, self.colour_radius)
         obj = colour_affinity(images, task.colour_table([a.colour for a in attrs]).unsqueeze(1), *kernel)[:, 0]
         bg = colour_affinity(images, task.colour_table([a.background for a in attrs]).unsqueeze(1), *kernel)[:, 0]
@@ -151,26 +181,13 @@ class PromptFollowingReward(RewardModel):
         dist2 = (cx - geo["cx"]).square() + (cy - geo["cy"]).square()
         position = torch.exp(-dist2 / (2 * (self.position_tol * width) ** 2))
 
-        ious = []
-        for k in range(len(task.SHAPES)):
-            kind = torch.full((batch,), k, dtype=torch.long)
-            half = torch.sqrt(mass.clamp(min=1.0) / task.shape_area(kind, torch.ones(batch)))
-            # the triangle's centroid lies h/3 below its bounding-box centre
-            box_cy = cy - half / 3.0 if task.SHAPES[k] == "triangle" else cy
-            tmpl = task.shape_masks(kind, cx, box_cy, half, width, softness=0.3)
-            inter = torch.minimum(obj, tmpl).sum(dim=(1, 2))
-            union = torch.maximum(obj, tmpl).sum(dim=(1, 2)).clamp(min=1e-6)
-            ious.append(inter / union)
-        iou = torch.stack(ious, dim=1)  # (B, n_shapes)
-        asked = geo["shape"].view(-1, 1)
-        prob = torch.softmax(iou / self.shape_temperature, dim=1).gather(1, asked).squeeze(1)
-        fit = (iou.gather(1, asked).squeeze(1) / self.shape_fit).clamp(max=1.0)
+        shape = shape_match(obj, mass, cx, cy, geo["shape"], self.shape_temperature, self.shape_fit)
         return {
             "background": background,
             "colour": colour,
             "size": size * colour,
             "position": position * colour,
-            "shape": prob * fit * colour,
+            "shape": shape * colour,
         }
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
@@ -242,18 +259,10 @@ class QualityReward(RewardModel):
         stray_scale: float = 0.02,
         min_object_area: float = 20.0,
     ) -> None:
-        for key, value in (
-            ("colour_tolerance", colour_tolerance), ("colour_radius", colour_radius),
-            ("stray_scale", stray_scale), ("min_object_area", min_object_area),
-        ):  # fmt: skip
-            if not float(value) > 0:
-                raise ValueError(f"quality: {key} must be > 0, got {value!r}")
-        if not colour_tolerance < colour_radius:
-            raise ValueError("quality: colour_tolerance must be < colour_radius")
-        self.colour_tolerance = float(colour_tolerance)
-        self.colour_radius = float(colour_radius)
-        self.stray_scale = float(stray_scale)
-        self.min_object_area = float(min_object_area)
+        vars(self).update(positive_options(
+            "quality", colour_tolerance=colour_tolerance, colour_radius=colour_radius, stray_scale=stray_scale,
+            min_object_area=min_object_area,
+        ))
         self.palette = task.colour_table(list(task.BACKGROUNDS) + list(task.COLOURS))
 
     def parts(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from types import ModuleType
 from typing import Sequence
 
 import torch
@@ -305,11 +307,20 @@ def sample_scenes(
     Combinations and phrasings (any of :data:`TEMPLATES`) are drawn uniformly from
     ``generator``; images are jittered renders. Used by pre-training.
     """
+    return draw_scenes(sys.modules[__name__], batch, generator, split, resolution)
+
+
+def draw_scenes(
+    task_module: ModuleType, batch: int, generator: torch.Generator, split: str, resolution: int
+) -> tuple[list[str], torch.Tensor]:
+    """``sample_scenes`` of a task module (its ``train_attributes``, ``eval_attributes``,
+    ``TEMPLATES``, ``prompt_for`` and ``render``): combinations, then phrasings, then the renders'
+    jitter, drawn from ``generator`` in that order."""
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    pool = train_attributes() if split == "train" else eval_attributes()
+    pool = task_module.train_attributes() if split == "train" else task_module.eval_attributes()
     idx = torch.randint(len(pool), (batch,), generator=generator).tolist()
-    tmpl = torch.randint(len(TEMPLATES), (batch,), generator=generator).tolist()
+    tmpl = torch.randint(len(task_module.TEMPLATES), (batch,), generator=generator).tolist()
     attrs = [pool[i] for i in idx]
-    prompts = [prompt_for(a, t) for a, t in zip(attrs, tmpl)]
-    return prompts, render(attrs, resolution, generator=generator)
+    prompts = [task_module.prompt_for(a, t) for a, t in zip(attrs, tmpl)]
+    return prompts, task_module.render(attrs, resolution, generator=generator)
