@@ -90,7 +90,7 @@ def test_preset_resolves_alone_and_under_algorithm_presets():
     tiny = C.resolve(["tiny"])
     assert (cfg.model.kind, cfg.model.path) == ("tiny", "builtin:tiny_pairs")
     assert (cfg.data.train, cfg.data.eval) == ("tiny_pairs:train", "tiny_pairs:eval")
-    assert (cfg.window.size, cfg.window.strategy, cfg.window.initial_start) == (4, "frozen", 0)
+    assert (cfg.window.size, cfg.window.strategy, cfg.window.initial_start) == (4, "frozen", 8)  # docs/studies/tiny.md, "The pairs task"
     assert cfg.grpo.algorithm == "mixgrpo"
     for section in ("sampling", "optim", "rollout", "learner"):
         assert getattr(cfg, section) == getattr(tiny, section), section
