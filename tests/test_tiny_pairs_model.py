@@ -5,14 +5,12 @@ two tasks apart, ``pretrain-tiny --task pairs``, ``sample`` and a two-iteration 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from mixgrpo_ray import config as C
 from mixgrpo_ray.data.prompts import load_prompts
@@ -21,17 +19,11 @@ from mixgrpo_ray.models.tiny import tasks
 from mixgrpo_ray.models.tiny.model import TinyConfig, TinyPolicy
 from mixgrpo_ray.run.preflight import check_inputs
 from mixgrpo_ray.run.tiny_eval import sample_prompts, score_images
+from tests.test_checkpoints_resume import kill_ray_under
+from tests.test_tiny_model import one_thread  # noqa: F401 - the fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS_DIR = ROOT / "mixgrpo_ray" / "models" / "tiny" / "pairs_assets"
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _architecture(cfg: TinyConfig) -> dict:
@@ -187,21 +179,6 @@ SMOKE = [
 ]
 
 
-def _kill_ray_under(tmpdir: str) -> None:
-    """Stop the Ray processes this test's run left behind, by PID (those naming ``tmpdir``)."""
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if tmpdir in cmdline:
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except OSError:
-                    pass
-
-
 def test_two_training_iterations_on_the_pairs_preset(tmp_path):
     from mixgrpo_ray.run.run_dir import RunDir
 
@@ -213,7 +190,7 @@ def test_two_training_iterations_on_the_pairs_preset(tmp_path):
     try:
         res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     finally:
-        _kill_ray_under(tmpdir)
+        kill_ray_under(tmpdir)
         shutil.rmtree(tmpdir, ignore_errors=True)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = RunDir(tmp_path / "smoke").read_metrics()

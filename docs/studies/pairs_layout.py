@@ -26,7 +26,6 @@ import torch
 from mixgrpo_ray.common.stats import mean_se
 from mixgrpo_ray.models.tiny import pairs_task
 from mixgrpo_ray.models.tiny.pairs_rewards import PairLayoutReward
-from mixgrpo_ray.models.tiny.rewards import mask_moments, open_mask
 from mixgrpo_ray.run.sample_grid import load_policy
 from mixgrpo_ray.run.tiny_eval import sample_prompts
 
@@ -34,15 +33,10 @@ from mixgrpo_ray.run.tiny_eval import sample_prompts
 def layout_parts(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
     """Both-drawn share, right-side share among those, and mean pair_layout of ``images``."""
     reward = PairLayoutReward()
-    images, attrs, geo = reward.requested(images, prompts)
-    found = {}
-    for x in ("a", "b"):
-        mass, cx, cy = mask_moments(open_mask(reward._colour_masks(images, attrs, f"colour_{x}")))
-        found[x] = ((mass / (reward.presence * geo[f"area_{x}"])).clamp(max=1.0), cx, cy)
+    found, geo = reward.located(images, prompts)
     both = (found["a"][0] >= 1.0) & (found["b"][0] >= 1.0)
     along_x = geo["axis"] == 0
-    d = torch.where(along_x, found["a"][1] - found["b"][1], found["a"][2] - found["b"][2]) * geo["sign"]
-    right = (d > 0) & both
+    right = (reward.displacement(found["a"], found["b"], geo) > 0) & both
 
     def share(among: torch.Tensor) -> float:
         return float((right & among).sum() / (both & among).sum().clamp(min=1))

@@ -102,9 +102,13 @@ class PairFollowingReward(RewardModel):
 
     def layout(self, a: tuple, b: tuple, geo: dict) -> torch.Tensor:
         """``sigmoid(d / layout_scale) p_A p_B`` from each object's ``(presence, cx, cy, ...)``."""
-        along_x = geo["axis"] == 0
-        displacement = torch.where(along_x, a[1] - b[1], a[2] - b[2]) * geo["sign"]
-        return torch.sigmoid(displacement / self.layout_scale) * a[0] * b[0]
+        return torch.sigmoid(self.displacement(a, b, geo) / self.layout_scale) * a[0] * b[0]
+
+    @staticmethod
+    def displacement(a: tuple, b: tuple, geo: dict) -> torch.Tensor:
+        """``d``: A's centroid minus B's along the relation's axis, in pixels, positive on the named
+        side, from each object's ``(presence, cx, cy, ...)``."""
+        return torch.where(geo["axis"] == 0, a[1] - b[1], a[2] - b[2]) * geo["sign"]
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         parts = self.parts(images, prompts)
@@ -122,10 +126,16 @@ class PairLayoutReward(PairFollowingReward):
 
     name = "pair_layout"
 
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+    def located(self, images: torch.Tensor, prompts: Sequence[str]) -> tuple[dict, dict]:
+        """Each object's ``(presence, cx, cy)`` (``{"a": ..., "b": ...}``, each ``(batch,)``) from
+        its colour's opened mask, and the requested geometry."""
         images, attrs, geo = self.requested(images, prompts)
         found = {}
         for x in ("a", "b"):
             mass, cx, cy = mask_moments(open_mask(self._colour_masks(images, attrs, f"colour_{x}")))
             found[x] = ((mass / (self.presence * geo[f"area_{x}"])).clamp(max=1.0), cx, cy)
+        return found, geo
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        found, geo = self.located(images, prompts)
         return self.layout(found["a"], found["b"], geo)

@@ -31,7 +31,6 @@ bounding box, ``half`` its half extent).
 from __future__ import annotations
 
 import random
-import re
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,8 +39,8 @@ from typing import Sequence
 import torch
 
 from mixgrpo_ray.models.tiny.task import (
-    BACKGROUNDS, COLOURS, RESOLUTION, SHAPES, PromptParseError, colour_table, draw_scenes, shape_area, shape_masks,
-    tokenize,
+    BACKGROUNDS, COLOURS, RESOLUTION, SHAPES, PromptParseError, colour_table, draw_scenes, grammar_words, shape_area,
+    shape_masks, tokenize,
 )
 
 __all__ = [
@@ -129,13 +128,7 @@ def prompt_for(attrs: PairAttributes, template: int = 0) -> str:
 @lru_cache(maxsize=1)
 def vocabulary() -> tuple[str, ...]:
     """Every word the grammar uses, sorted."""
-    words: set[str] = set()
-    for template in TEMPLATES:
-        words.update(tokenize(re.sub(r"\{[a-z_]+\}", " ", template)))
-    for names in (COLOURS, BACKGROUNDS, SHAPES, RELATIONS, LONG_RELATION.values()):
-        for name in names:
-            words.update(tokenize(name))
-    return tuple(sorted(words))
+    return grammar_words(TEMPLATES, COLOURS, BACKGROUNDS, SHAPES, RELATIONS, LONG_RELATION.values())
 
 
 _RELATION_WORDS = {"left": "left of", "right": "right of", "above": "above", "below": "below"}

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from types import ModuleType
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -117,11 +117,17 @@ def tokenize(text: str) -> list[str]:
 @lru_cache(maxsize=1)
 def vocabulary() -> tuple[str, ...]:
     """Every word the grammar uses, sorted."""
+    return grammar_words(TEMPLATES, COLOURS, BACKGROUNDS, SHAPES, SIZES, POSITIONS)
+
+
+def grammar_words(templates: Sequence[str], *names: Iterable[str]) -> tuple[str, ...]:
+    """The sorted words of a grammar: its templates' fixed words (placeholders ``{...}`` left
+    out) and the words of every name in ``names``."""
     words: set[str] = set()
-    for template in TEMPLATES:
-        words.update(tokenize(re.sub(r"\{[a-z]+\}", " ", template)))
-    for names in (COLOURS, BACKGROUNDS, SHAPES, SIZES, POSITIONS):
-        for name in names:
+    for template in templates:
+        words.update(tokenize(re.sub(r"\{[a-z_]+\}", " ", template)))
+    for group in names:
+        for name in group:
             words.update(tokenize(name))
     return tuple(sorted(words))
 
