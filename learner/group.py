@@ -2,7 +2,7 @@
 
 The ranks start in one placement group (:mod:`mixgrpo_ray.cluster.placement`); rank 0 is
 created first and chooses the rendezvous address; every rank loads the same initial
-weights, trains on its share of each update of the plan the group draws for the iteration
+weights, trains on its share of each update of the assignment the group draws for the iteration
 (docs/algorithm.md eq. (35)), and gradients are averaged across ranks, so all ranks hold
 identical weights (``replicate``) or shards of them (``fsdp``). A rank is handed, and fetches,
 only the rollout calls that hold its samples (:func:`~mixgrpo_ray.algo.update.rank_shares`). After an iteration every rank
@@ -16,11 +16,11 @@ from typing import Optional, Sequence
 import ray
 import torch
 
-from mixgrpo_ray.algo.update import rank_shares, update_plan
+from mixgrpo_ray.algo.update import rank_shares, update_assignment
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.placement import place, remove_placement_group
 from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop, get_each
-from mixgrpo_ray.common.seeds import update_plan_seed
+from mixgrpo_ray.common.seeds import update_assignment_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
 
@@ -59,9 +59,9 @@ class LearnerGroup(ActorGroup):
     def world_size(self) -> int:
         return len(self.actors)
 
-    def plan(self, num_samples: int, iteration: int) -> list:
+    def assignment(self, num_samples: int, iteration: int) -> list:
         """Which samples each rank trains on in each update of ``iteration``."""
-        return update_plan(num_samples, self.samples_per_update, self.world_size, seed=update_plan_seed(self.seed, iteration))
+        return update_assignment(num_samples, self.samples_per_update, self.world_size, seed=update_assignment_seed(self.seed, iteration))
 
     def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int,
               sizes: Optional[Sequence[int]] = None) -> dict:
@@ -69,7 +69,7 @@ class LearnerGroup(ActorGroup):
 
         ``trajectory_refs``: one ObjectRef per rollout call, ``sizes`` its rows (samples in order:
         the calls' rows concatenated; may be left out for a single call). Each rank receives only
-        the refs of the calls that hold its samples of the plan, the rows it needs in them and
+        the refs of the calls that hold its samples of the assignment, the rows it needs in them and
         their advantages."""
         refs = list(trajectory_refs)
         if sizes is None:
@@ -78,7 +78,7 @@ class LearnerGroup(ActorGroup):
             sizes = [len(advantages)]
         if len(sizes) != len(refs) or sum(sizes) != len(advantages):
             raise ValueError(f"{len(refs)} rollout calls of {list(sizes)} rows do not hold {len(advantages)} samples")
-        shares = rank_shares(self.plan(len(advantages), iteration), sizes)
+        shares = rank_shares(self.assignment(len(advantages), iteration), sizes)
         return self.wait_together([
             actor.train.remote([refs[c] for c in share.calls], share.rows, advantages[share.samples], share.updates,
                                self.max_staleness, self.max_importance_weight)

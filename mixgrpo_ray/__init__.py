@@ -1,10 +1,12 @@
 """mixgrpo-ray: MixGRPO post-training of flow-matching text-to-image models on Ray.
 
-Layers, bottom to top (each imports only layers below it; ``tests/test_layers.py`` enforces it):
+Layers, bottom to top (each imports only layers below it; ``tests/repo/test_layers.py`` enforces it):
 ``core`` (math) -> ``common`` (helpers) -> ``config`` (typed sections) -> ``models`` (policy and
 reward interfaces, FLUX, tiny) -> ``data`` (prompts) -> ``algo`` (sampling with a policy, the GRPO
 update) -> ``cluster`` (Ray helpers) -> the roles ``actors``, ``learner``, ``rewards`` ->
-``run`` (driver, run directory, jobs) -> ``cli``. See the README's "Layout" section.
+the job rooms, one per command (``plan``, ``eval``; then ``train``, ``export``, ``sample``,
+``pretrain_tiny``; then ``bench``, ``study``) -> ``cli`` (parses and calls). See
+docs/architecture.md.
 """
 
 from pathlib import Path as _Path

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from mixgrpo_ray.models.reward import RewardModel
-from mixgrpo_ray.rewards.clip_common import embedder_from_pretrained
+from mixgrpo_ray.rewards.clip.clip_common import embedder_from_pretrained
 
 
 class CLIPScoreReward(RewardModel):

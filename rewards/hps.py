@@ -2,7 +2,7 @@
 
 HPS v2.1 is open_clip's ViT-H-14 fine-tuned on human preferences; its checkpoint
 (``xswu/HPSv2`` file ``HPS_v2.1_compressed.pt``) is an fp16 open_clip state dict under
-``"state_dict"``. It is converted on load (:mod:`mixgrpo_ray.rewards.openclip_convert`) into a ``CLIPModel``
+``"state_dict"``. It is converted on load (:mod:`mixgrpo_ray.rewards.clip.openclip_convert`) into a ``CLIPModel``
 built from the shipped ViT-H-14 config (``rewards/configs/open_clip_vit_h_14.json``).
 
 Score = cosine of the L2-normalised image and text embeddings (no logit scale), as HPS's own
@@ -11,7 +11,7 @@ Preprocessing as HPS's ``preprocess_val`` (open_clip ``image_transform(224, is_t
 resize_longest_max=True)``): the image as a ``[0, 1]`` float tensor (``ToTensor``), longer side
 resized to 224 by torchvision's antialiased bicubic on floats (new side ``round(side * 224 /
 max(H, W))``), zero-padded to 224x224 centred, OpenAI CLIP mean/std; no 8-bit rounding or
-clamping in between (:class:`~mixgrpo_ray.rewards.clip_common.ImagePreprocess` ``pipeline="tensor"``).
+clamping in between (:class:`~mixgrpo_ray.rewards.clip.clip_common.ImagePreprocess` ``pipeline="tensor"``).
 Prompts are cleaned as open_clip does (``ftfy.fix_text``, HTML unescape twice, whitespace) and
 tokenised with the CLIP BPE, 77 tokens.
 
@@ -32,7 +32,7 @@ import torch
 from transformers import CLIPConfig, CLIPTokenizer
 
 from mixgrpo_ray.models.reward import RewardModel
-from mixgrpo_ray.rewards.clip_common import (
+from mixgrpo_ray.rewards.clip.clip_common import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ClipEmbedder,
@@ -42,7 +42,7 @@ from mixgrpo_ray.rewards.clip_common import (
     resolve_device,
     resolve_dtype,
 )
-from mixgrpo_ray.rewards.openclip_convert import clip_model_from_open_clip, load_open_clip_state_dict
+from mixgrpo_ray.rewards.clip.openclip_convert import clip_model_from_open_clip, load_open_clip_state_dict
 
 #: the architecture of HPS v2.1 (open_clip ViT-H-14) as a transformers CLIPConfig
 VIT_H_14_CONFIG = Path(__file__).with_name("configs") / "open_clip_vit_h_14.json"

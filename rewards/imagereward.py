@@ -35,7 +35,7 @@ from torch import nn
 from transformers import BertTokenizer, BlipTextModel, BlipVisionModel
 
 from mixgrpo_ray.models.reward import RewardModel, as_uint8
-from mixgrpo_ray.rewards.clip_common import resolve_device, resolve_dtype
+from mixgrpo_ray.rewards.clip.clip_common import resolve_device, resolve_dtype
 from mixgrpo_ray.rewards.imagereward_convert import (
     HEAD_WIDTHS,
     convert_head,

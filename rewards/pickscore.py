@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from mixgrpo_ray.models.reward import RewardModel
-from mixgrpo_ray.rewards.clip_common import embedder_from_pretrained
+from mixgrpo_ray.rewards.clip.clip_common import embedder_from_pretrained
 
 #: normalisation name -> (use logit scale, offset, divisor):
 #: score = ((exp(logit_scale) if use logit scale else 1) * cos - offset) / divisor

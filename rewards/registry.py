@@ -25,7 +25,7 @@ REWARD_KINDS: dict[str, str] = {
     "pickscore": "mixgrpo_ray.rewards.pickscore:PickScoreReward",
     "clip": "mixgrpo_ray.rewards.clip_score:CLIPScoreReward",
     "imagereward": "mixgrpo_ray.rewards.imagereward:ImageRewardReward",
-    "unifiedreward": "mixgrpo_ray.rewards.unifiedreward:UnifiedRewardReward",
+    "unifiedreward": "mixgrpo_ray.rewards.unified.unifiedreward:UnifiedRewardReward",
     # the user's own class or function, named by the option ``target`` (package.module:Name)
     "python": "mixgrpo_ray.rewards.custom:PythonReward",
 }

@@ -26,8 +26,8 @@ import torch
 from mixgrpo_ray.common.stats import mean_se
 from mixgrpo_ray.models.tiny import pairs_task
 from mixgrpo_ray.models.tiny.pairs_rewards import PairLayoutReward
-from mixgrpo_ray.run.sample_grid import load_policy
-from mixgrpo_ray.run.tiny_eval import sample_prompts
+from mixgrpo_ray.sample import load_policy
+from mixgrpo_ray.eval.tiny_scores import sample_prompts
 
 
 def layout_parts(images: torch.Tensor, prompts: list[str]) -> dict[str, float]:

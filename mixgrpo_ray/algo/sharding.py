@@ -13,7 +13,7 @@
   weights, gradients and AdamW state in host memory (``CPUOffloadPolicy``); the optimiser step
   then runs on the CPU.
 
-Per-rank memory of the trainable part (P parameters, N ranks; docs in ``mixgrpo_ray/run/plan.py``):
+Per-rank memory of the trainable part (P parameters, N ranks; docs in ``mixgrpo_ray/plan/memory_plan.py``):
 replicate ``16 P`` bytes (fp32 weight + grad + two AdamW moments), fsdp ``16 P / N`` plus the
 gathered bf16 weights of the block being computed.
 """

@@ -37,7 +37,7 @@ def build_optimizer(policy: Policy, s: OptimConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=s.lr, betas=tuple(s.betas), eps=s.eps, weight_decay=s.weight_decay)
 
 
-def update_plan(num_samples: int, samples_per_update: int, world_size: int, seed: int) -> list[list[list[int]]]:
+def update_assignment(num_samples: int, samples_per_update: int, world_size: int, seed: int) -> list[list[list[int]]]:
     """``plan[u][rank]``: the sample indices rank ``rank`` trains on in update ``u``.
 
     A seeded permutation of all samples is cut into chunks of ``samples_per_update``; each
@@ -181,7 +181,7 @@ class GRPOTrainer:
         proximal: bool = False,
         max_importance_weight: float = 2.0,
     ) -> dict[str, float]:
-        """Apply every update of ``plan`` (see :func:`update_plan`) for this rank.
+        """Apply every update of ``plan`` (see :func:`update_assignment`) for this rank.
 
         ``trajectory`` and ``advantages`` hold all samples of the iteration (global indices).
         See :meth:`train_updates`.
@@ -200,7 +200,7 @@ class GRPOTrainer:
     ) -> dict[str, float]:
         """Apply this rank's part of every update: ``updates[u]`` are the indices (into
         ``trajectory`` and ``advantages``) of its samples in update ``u`` (every rank trains
-        equally many, as :func:`update_plan` deals them).
+        equally many, as :func:`update_assignment` deals them).
 
         Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
         policy still equals the sampling policy (ratio 1 up to numerical noise). A sample whose

@@ -11,15 +11,15 @@ import sys
 
 #: subcommand -> (module, one-line description)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("mixgrpo_ray.cli.train", "run MixGRPO training (local Ray or the cluster in RAY_ADDRESS)"),
-    "eval": ("mixgrpo_ray.cli.eval", "score a checkpoint on held-out prompts with every configured reward"),
-    "sample": ("mixgrpo_ray.cli.sample", "sample an image grid for prompts and write a captioned PNG"),
-    "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny", "pre-train the embedded tiny model on the built-in task"),
-    "export": ("mixgrpo_ray.cli.export", "export a checkpoint as a diffusers (FLUX) or tiny model folder with a model card"),
-    "bench": ("mixgrpo_ray.cli.bench", "time each algorithm variant through the pipeline and a plain loop, side by side"),
-    "study": ("mixgrpo_ray.cli.study", "train a grid of configurations x seeds; held-out gains with standard errors"),
-    "plan": ("mixgrpo_ray.cli.plan", "per-role GPU memory of a config, and the smallest learner count that fits"),
-    "consolidate": ("mixgrpo_ray.cli.consolidate", "write a sharded checkpoint's weights to one safetensors file"),
+    "train": ("mixgrpo_ray.cli.train_cli", "run MixGRPO training (local Ray or the cluster in RAY_ADDRESS)"),
+    "eval": ("mixgrpo_ray.cli.eval_cli", "score a checkpoint on held-out prompts with every configured reward"),
+    "sample": ("mixgrpo_ray.cli.sample_cli", "sample an image grid for prompts and write a captioned PNG"),
+    "pretrain-tiny": ("mixgrpo_ray.cli.pretrain_tiny_cli", "pre-train the embedded tiny model on the built-in task"),
+    "export": ("mixgrpo_ray.cli.export_cli", "export a checkpoint as a diffusers (FLUX) or tiny model folder with a model card"),
+    "bench": ("mixgrpo_ray.cli.bench_cli", "time each algorithm variant through the pipeline and a plain loop, side by side"),
+    "study": ("mixgrpo_ray.cli.study_cli", "train a grid of configurations x seeds; held-out gains with standard errors"),
+    "plan": ("mixgrpo_ray.cli.plan_cli", "per-role GPU memory of a config, and the smallest learner count that fits"),
+    "consolidate": ("mixgrpo_ray.cli.consolidate_cli", "write a sharded checkpoint's weights to one safetensors file"),
 }
 
 

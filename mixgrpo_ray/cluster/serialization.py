@@ -6,7 +6,7 @@ class ``torch.save`` builds per call) left behind in the sending process. Those 
 reclaimed by a full garbage collection, and until then the objects the call returned stay in the
 object store: a rollout actor that returns a trajectory every iteration grew the object store by
 a trajectory and a weight bucket per iteration until Python's generation-2 collection happened to
-run (``tests/test_soak.py``).
+run (``tests/train/test_soak.py``).
 
 :func:`install` registers, in the calling process, a reducer that ships a tensor as a flat
 ``uint8`` NumPy view of its bytes plus dtype and shape: pickle protocol 5 hands the view to Ray

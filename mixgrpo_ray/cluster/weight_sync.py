@@ -3,7 +3,7 @@
 Three parts, one per place they run:
 
 * :class:`WeightSender` inside every learner rank. ``publish`` lays out what the rank owns in
-  buckets (:mod:`mixgrpo_ray.algo.weight_sync`) and returns the manifest, a list of
+  buckets (:mod:`mixgrpo_ray.algo.weight_buckets`) and returns the manifest, a list of
   :class:`BucketRef`. With ``object_store`` it packs the buckets one at a time, in the publish
   dtype, and ``ray.put`` s each (the rank's host memory holds at most one bucket beyond the
   object store's copy of its shard); with ``collective`` it only lays them out and ``send``
@@ -11,7 +11,7 @@ Three parts, one per place they run:
 * :class:`WeightReceiver` inside every rollout actor. ``load`` checks that the manifests of all
   ranks cover its weights, then, bucket by bucket, fetches (``ray.get`` of the bucket, or the
   broadcast of learner rank r's channel), verifies the checksum and copies the bucket into its
-  weights in place. A failed check raises :class:`~mixgrpo_ray.algo.weight_sync.WeightSyncError`;
+  weights in place. A failed check raises :class:`~mixgrpo_ray.algo.weight_buckets.WeightSyncError`;
   the actor then does not report the new version (and refuses to sample until a sync succeeds).
 * :class:`WeightSync` in the driver: sets up the collective channels (one per learner rank:
   that rank plus every rollout actor, on a TCPStore the learner hosts), runs each sync and
@@ -30,8 +30,8 @@ import ray
 import torch
 
 from mixgrpo_ray.cluster.retry import actor_died, get_each
-from mixgrpo_ray.algo.weight_sync import (
-    BucketSpec, CollectiveChannel, WeightSyncError, check_coverage, checksum, owned_slices, pack, plan_buckets,
+from mixgrpo_ray.algo.weight_buckets import (
+    BucketSpec, CollectiveChannel, WeightSyncError, check_coverage, checksum, owned_slices, pack, layout_buckets,
     unpack_into, verify,
 )
 
@@ -78,9 +78,9 @@ class WeightSender:
         """The manifest of this rank's buckets of ``state`` (live weights, maybe DTensors)."""
         slices = owned_slices(state, self.rank, self.world_size)
         local = {key: (row0, t) for key, _, row0, t in slices}
-        specs = plan_buckets([x for x in slices if x[3].is_floating_point()], self.dtype, self.bucket_bytes, self.rank)
+        specs = layout_buckets([x for x in slices if x[3].is_floating_point()], self.dtype, self.bucket_bytes, self.rank)
         for dtype in sorted({x[3].dtype for x in slices if not x[3].is_floating_point()}, key=str):
-            more = plan_buckets([x for x in slices if x[3].dtype == dtype], dtype, self.bucket_bytes, self.rank)
+            more = layout_buckets([x for x in slices if x[3].dtype == dtype], dtype, self.bucket_bytes, self.rank)
             specs += [dataclasses.replace(b, index=len(specs) + i) for i, b in enumerate(more)]  # kept exact
         if self.transport == "collective":
             self._pending = (specs, local)
@@ -204,6 +204,13 @@ class WeightSync:
         if alive != self.rollouts or [p for i, p in enumerate(pids) if i not in gone] != self.pids:
             self.rejoin(alive)
         return gone
+
+    @staticmethod
+    def lost(error: BaseException) -> bool:
+        """Did a rollout call fail because its actor lost the weights (restarted outside the
+        ``collective`` group)? The fix is another :meth:`sync` with ``bump=False``: it re-forms
+        the group, the restarted process in it, and sends the current version again."""
+        return isinstance(error, WeightsLost)
 
     def sync(self, bump: bool = True, rollouts: Optional[Sequence] = None) -> tuple[int, dict]:
         """Publish, deliver (to ``rollouts``, default all) and verify; returns ``(version,

@@ -17,7 +17,7 @@ def rollout_seed(run_seed: int, iteration: int, call: int) -> int:
     return int(run_seed) * 1_000_003 + int(iteration) * 1009 + int(call)
 
 
-def update_plan_seed(run_seed: int, iteration: int) -> int:
+def update_assignment_seed(run_seed: int, iteration: int) -> int:
     """The permutation that cuts an iteration's samples into optimiser updates."""
     return int(run_seed) * 7 + int(iteration)
 

@@ -7,7 +7,7 @@ Modules: :mod:`~.values` (field types and choices), :mod:`~.sections` (one model
 """
 
 from mixgrpo_ray.config.errors import ConfigError
-from mixgrpo_ray.config.loading import (
+from mixgrpo_ray.config.layering import (
     DEFAULT_PRESET, PRESET_PACKAGE, apply_override, deep_merge, load_preset, parse_override, preset_names, resolve,
 )
 from mixgrpo_ray.config.resources import check_cluster_resources, required_resources

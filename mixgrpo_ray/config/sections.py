@@ -262,7 +262,7 @@ class RunConfig(Section):
     log_rollouts: Bool = True
     progress: Bool = True
     # metrics, held-out evaluations and grids also go to: tensorboard, wandb, mlflow (jsonl: metrics.jsonl,
-    # always written); see mixgrpo_ray/run/loggers.py
+    # always written); see mixgrpo_ray/train/loggers.py
     loggers: Annotated[list[LoggerName], Strict()] = Field(default_factory=lambda: ["jsonl"])
     project: Str = "mixgrpo-ray"  # W&B project / MLflow experiment
     wandb_mode: WandbMode = "auto"  # auto: online only when an API key is configured, else offline

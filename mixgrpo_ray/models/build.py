@@ -59,7 +59,7 @@ def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trai
             policy.without_text_encoder()
         return policy.to(device)
     if model.kind == "flux":
-        from mixgrpo_ray.models.flux.policy import FluxPolicy
+        from mixgrpo_ray.models.flux.flux_policy import FluxPolicy
 
         return FluxPolicy.from_model_config(model, device=device, trainable=trainable)
     raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny or flux")
@@ -71,7 +71,7 @@ def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
     encoders, prompt cache, VAE; with LoRA the transformer too) with ``trained``; the tiny model
     is small enough to load again."""
     if model.kind == "flux":
-        from mixgrpo_ray.models.flux.policy import shared_base
+        from mixgrpo_ray.models.flux.flux_policy import shared_base
 
         return shared_base(trained, model)
     return build_policy(model, trained.device, trainable=False)

@@ -11,7 +11,7 @@
   predicts the clean image ``x0_hat`` and the policy returns the flow velocity implied by it,
   ``v = (x - x0_hat) / sigma`` (so ``x - sigma * v`` is exactly ``x0_hat``, and an Euler step
   to ``sigma = 0`` lands on it). Trained with the flow-matching loss on ``v`` (see
-  :mod:`mixgrpo_ray.run.pretrain_tiny`).
+  :mod:`mixgrpo_ray.pretrain_tiny`).
 * **Text encoder.** Our own: word-level vocabulary of the grammar of the model's built-in task
   (``TinyConfig.task``: ``shapes`` or ``pairs``, :mod:`mixgrpo_ray.models.tiny.tasks`), embeddings + one
   transformer layer, resampled by attention to 4 text tokens (``encoder_hidden_states``) and

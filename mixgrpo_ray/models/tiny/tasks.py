@@ -9,7 +9,7 @@
 A task's name in prompt sources and ``builtin:`` paths (``tiny``, ``tiny_pairs``) is
 :attr:`BuiltinTask.key`. Each task also names the reward kinds that read its prompts
 (:attr:`BuiltinTask.reward_kinds`) and the offline rewards that
-:func:`mixgrpo_ray.run.tiny_eval.score_images` reports for it (:attr:`BuiltinTask.scores`). A
+:func:`mixgrpo_ray.eval.tiny_scores.score_images` reports for it (:attr:`BuiltinTask.scores`). A
 task module is imported only when asked for (:meth:`BuiltinTask.load`).
 """
 

@@ -1,0 +1,1 @@
+"""``mixgrpo-ray eval``: score a checkpoint on held-out prompts with every configured reward."""
