@@ -10,6 +10,11 @@ the same model as ``mixgrpo-ray plan`` (:mod:`mixgrpo_ray.plan.memory_plan`: wei
 state, activations, encoders, sync buffers, runtime), and prints one line per role. A wrong
 placement (a CPU-only torch on a GPU node, a role no node can host, a role larger than its GPU)
 shows in seconds instead of after loading a 12B model.
+
+Aimed at a cluster that is not here (``--gpus-per-node``, ``--nodes``, ``--gpu-memory-gb``), or at
+one that lacks the GPUs the run asks for, the dry run places the actors on paper instead
+(:mod:`mixgrpo_ray.plan.gpu_packing`) and prints the same per-role lines, with the GPUs each role
+would take. Either way the last line says whether the target can start the run.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from mixgrpo_ray.cluster.devices import actor_device, assigned_gpu_ids
 from mixgrpo_ray.common.dtypes import short_name
 from mixgrpo_ray.config import ActorResources, Config
 from mixgrpo_ray.models.flux.flux_folder import compute_dtype
+from mixgrpo_ray.config.resources import required_resources
+from mixgrpo_ray.plan.gpu_packing import Actor, Target, gpu_loads, gpu_text, pack
 from mixgrpo_ray.plan.memory_plan import GB, USABLE, ModelSize, fits, learner_rows, model_size, reward_rows, rollout_rows
 
 #: seconds to wait for the probes to be placed before calling a role unschedulable
@@ -176,6 +183,89 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def dry_run(cfg: Config) -> tuple[int, str]:
-    """``(exit code, report)``: 0 when every role can be placed on a usable device, else 2."""
+    """``(exit code, report)`` on the running Ray: 0 when every role can be placed on a usable
+    device, else 2. The report's last line is the verdict."""
     rows = probe_roles(cfg)
-    return (2 if any(r.get("error") for r in rows) else 0), format_rows(rows)
+    bad = [r["role"] for r in rows if r.get("error")]
+    verdict = ("this cluster can start the run: every role placed on a usable device" if not bad else
+               f"this cluster cannot start the run as configured: {', '.join(bad)} (see ERROR above)")
+    return (2 if bad else 0), format_rows(rows) + "\n" + verdict
+
+
+def cluster_target(nodes: list[dict], gpu_memory_gb: Optional[float]) -> Target:
+    """The running cluster as a :class:`Target`: the GPUs of each alive node (``ray.nodes()``)."""
+    gpus = tuple(int(n.get("Resources", {}).get("GPU", 0)) for n in nodes if n.get("Alive", True))
+    return Target(gpus or (0,), gpu_memory_gb)
+
+
+def planned_rows(cfg: Config, target: Target) -> tuple[list[dict], list[Actor]]:
+    """One row per role (as :func:`probe_roles`'s, with ``placement`` instead of a probe's
+    report) and the placed actors: the learners first, then rollout, then each reward pool."""
+    size = plan_size(cfg)
+    by_role = {p.role: p for p in roles(cfg)}
+    order = ["learner", "rollout"] + [r for r in by_role if r.startswith("reward/")]
+    groups, actors = [], []
+    for role in order:
+        probe = by_role[role]
+        mem_rows, memory = role_memory(cfg, probe, size)
+        per_actor = sum(v for _, v in mem_rows) if mem_rows is not None and probe.resources.num_gpus > 0 else None
+        group = [Actor(role, probe.resources.num_gpus, per_actor) for _ in range(probe.count)]
+        groups.append((probe, memory, group))
+        actors += group
+    pack(actors, target)
+    rows = []
+    for probe, memory, group in sorted(groups, key=lambda g: list(by_role).index(g[0].role)):
+        g = probe.resources.num_gpus
+        placed = [a for a in group if a.gpus]
+        errors = [a.error for a in group if a.error]
+        row = {"role": probe.role, "count": probe.count, "gpus_each": g, "memory": memory,
+               "device": "cuda" if g > 0 else "cpu", "dtype": role_dtype(cfg, probe, "cuda" if g > 0 else "cpu"),
+               "placement": gpu_text([s for a in placed for s in a.gpus]) if placed else ("-" if g <= 0 else "none")}
+        if errors:
+            row["error"] = f"{len(errors)} of {probe.count} not placed: {errors[0]}"
+        rows.append(row)
+    return rows, actors
+
+
+def format_planned(rows: list[dict]) -> str:
+    """One line per role of a placement on paper."""
+    width = max(len(r["role"]) for r in rows)
+    lines = []
+    for r in rows:
+        line = (f"{r['role']:<{width}}  x{r['count']}  GPU {r['gpus_each']:g} each  {r['placement']}  "
+                f"device {r['device']}  dtype {r['dtype']}  memory {r['memory']}")
+        if r.get("error"):
+            line += f"  ERROR: {r['error']}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def planned_dry_run(cfg: Config, target: Target, target_name: str = "the target",
+                    problem: Optional[str] = None) -> tuple[int, str]:
+    """``(exit code, report)`` of the run placed on paper on ``target``: 0 when every actor gets
+    its GPUs (and memory, when the GPUs' is known), else 2; ``problem`` is a reason found
+    elsewhere (e.g. too few CPUs) that fails it too. The last line is the verdict."""
+    rows, actors = planned_rows(cfg, target)
+    need = required_resources(cfg)["GPU"]
+    loads = [m for node in gpu_loads(actors, target) for m in node]
+    used = sum(1 for node in target_used(actors, target) for u in node if u)
+    head = f"{target_name[0].upper()}{target_name[1:]} ({target.describe()}): "
+    if any(r.get("error") for r in rows):
+        why = (f"it asks for {need:g} GPUs in total and {target_name} has {target.gpus}" if need > target.gpus + 1e-9 else
+               "a role does not fit (see ERROR above)")
+        verdict = head + f"the run does NOT fit: {why}"
+        if need > target.gpus + 1e-9 and target.node_gpus[0] > 0 and len(set(target.node_gpus)) == 1:
+            verdict += f"; {-(-need // target.node_gpus[0]):g} such nodes would hold it (--nodes), or use fewer GPU actors"
+        return 2, format_planned(rows) + "\n" + verdict
+    if problem:
+        return 2, format_planned(rows) + "\n" + head + f"the run does NOT fit: {problem}"
+    fullest = f"; the fullest GPU holds ~{max(loads):.1f} GB" if loads and any(loads) else ""
+    return 0, format_planned(rows) + "\n" + head + f"the run fits: {used} of {target.gpus} GPUs used{fullest}"
+
+
+def target_used(actors: list[Actor], target: Target) -> list[list[bool]]:
+    used = [[False] * n for n in target.node_gpus]
+    for a in actors:
+        for node, gpu in a.gpus:
+            used[node][gpu] = True
+    return used
