@@ -103,7 +103,9 @@ def kill_actors(actors: Sequence, timeout_s: float = 30.0) -> None:
     for actor in actors:
         while time.monotonic() < deadline:
             try:
-                ray.get(actor.__ray_ready__.remote(), timeout=1)
+                # no retries: an actor made with max_task_retries would have Ray retry the probe of
+                # a killed actor and log "Task ...__ray_ready__ failed ... killed by ray.kill"
+                ray.get(actor.__ray_ready__.options(max_task_retries=0).remote(), timeout=1)
             except Exception:  # noqa: BLE001 - dead, as wanted
                 break
             time.sleep(0.1)
