@@ -12,10 +12,10 @@ and pre-resized images give the same scores (bit for bit on one device).
 Resizes (``resize``; each keeps the aspect ratio):
 
 * ``"shortest_edge"`` — the shorter side to ``size`` (the longer ``int(size * long / short)``),
-  bicubic antialiased as PIL does on 8-bit images: two separable passes, width first, each
-  rounded and clamped to 8-bit levels (:func:`resize_bicubic_like_pil`), computed in torch; uint8
-  out. What transformers' CLIP image processor (PIL backend) does first (CLIP score, PickScore);
-  agrees with PIL itself to one 8-bit level.
+  bicubic antialiased as PIL does on 8-bit images: two separable passes, width first, in PIL's
+  fixed-point arithmetic and 8-bit rounding (:func:`resize_bicubic_like_pil`), computed in torch;
+  uint8 out, equal to PIL's bit for bit. What transformers' CLIP image processor (PIL backend)
+  does first (CLIP score, PickScore).
 * ``"shortest_edge_pil"`` — the same geometry with PIL itself (``Image.resize(..., BICUBIC)``
   per image); uint8 out. ImageReward's torchvision ``Resize`` on a PIL image.
 * ``"longest_edge_float"`` — the longer side to ``size`` (each side ``round(side * size / long)``),
@@ -28,6 +28,7 @@ A model without a declaration (``input_size = None``) gets the images as sampled
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -40,12 +41,61 @@ from mixgrpo_ray.common.images import as_float01, as_uint8
 RESIZES = ("shortest_edge", "shortest_edge_pil", "longest_edge_float")
 
 
+#: PIL's fixed point for 8-bit resampling (libImaging/Resample.c): coefficients carry 22
+#: fractional bits, sums start at one half, results are clipped to 0..255
+PIL_PRECISION_BITS = 32 - 8 - 2
+
+
+def _pil_bicubic(x: float) -> float:
+    """PIL's bicubic kernel (a = -0.5), support 2."""
+    a = -0.5
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    if x < 2.0:
+        return (((x - 5) * x + 8) * x - 4) * a
+    return 0.0
+
+
+@functools.lru_cache(maxsize=64)
+def pil_bicubic_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """``(out_size, in_size)`` float64 matrix of the fixed-point integer coefficients PIL uses to
+    resample one axis from ``in_size`` to ``out_size`` pixels (antialiased when shrinking): the
+    kernel stretched by the scale, the window ``[center - support, center + support)`` rounded as
+    PIL rounds it, normalised to sum 1, then scaled by 2^22 and rounded half away from zero."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 2.0 * filterscale
+    ss = 1.0 / filterscale  # PIL multiplies by the reciprocal (the last bit of a double matters)
+    weights = np.zeros((out_size, in_size), dtype=np.float64)
+    one = float(1 << PIL_PRECISION_BITS)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        k = np.array([_pil_bicubic((x + xmin - center + 0.5) * ss) for x in range(xmax - xmin)])
+        total = k.sum()
+        if total != 0.0:
+            k = k / total
+        weights[xx, xmin:xmax] = np.where(k < 0, np.trunc(-0.5 + k * one), np.trunc(0.5 + k * one))
+    return torch.from_numpy(weights)
+
+
+def _pil_pass(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One axis (the last) of PIL's 8-bit resample on integer levels ``x``, in float64: every
+    product and sum is an integer below 2^53, so the result is PIL's exactly."""
+    acc = x @ weights.to(x.device).T + float(1 << (PIL_PRECISION_BITS - 1))
+    return torch.floor(acc / float(1 << PIL_PRECISION_BITS)).clamp_(0.0, 255.0)
+
+
 def resize_bicubic_like_pil(images: torch.Tensor, size: tuple[int, int], quantize: bool = True) -> torch.Tensor:
     """Bicubic antialiased resize of float ``(B, C, H, W)`` images in ``[0, 255]`` to ``size=(h, w)``.
 
-    With ``quantize`` it mirrors PIL on 8-bit images: the width pass, then the height pass, each
-    result clamped to ``[0, 255]`` and rounded (PIL keeps the intermediate image in 8 bits).
-    Without, one float pass (clamped, not rounded).
+    With ``quantize`` the images must hold integer levels (0..255) and the result is PIL's
+    ``Image.resize(..., BICUBIC)`` on 8-bit images bit for bit: the width pass, then the height
+    pass, each with PIL's fixed-point coefficients (:func:`pil_bicubic_weights`), PIL's rounding
+    and clipping to 8 bits (PIL keeps the intermediate image in 8 bits). Without, one float pass
+    (clamped, not rounded).
     """
     out_h, out_w = size
     if images.shape[-2:] == (out_h, out_w):
@@ -53,14 +103,12 @@ def resize_bicubic_like_pil(images: torch.Tensor, size: tuple[int, int], quantiz
     if not quantize:
         out = F.interpolate(images, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
         return out.clamp(0.0, 255.0)
-    x = images
+    x = images.to(torch.float64)
     if x.shape[-1] != out_w:
-        x = F.interpolate(x, size=(x.shape[-2], out_w), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(0.0, 255.0).round()
+        x = _pil_pass(x, pil_bicubic_weights(x.shape[-1], out_w))
     if x.shape[-2] != out_h:
-        x = F.interpolate(x, size=(out_h, out_w), mode="bicubic", antialias=True, align_corners=False)
-        x = x.clamp(0.0, 255.0).round()
-    return x
+        x = _pil_pass(x.transpose(-1, -2), pil_bicubic_weights(x.shape[-2], out_h)).transpose(-1, -2)
+    return x.to(images.dtype)
 
 
 def shortest_edge_size(height: int, width: int, size: int) -> tuple[int, int]:

@@ -4,7 +4,8 @@
   torch alone (no torchvision, no PIL round trip): CLIP's shortest-edge resize + centre crop, or
   open_clip's longest-edge resize + zero pad (HPS). Two resampling pipelines:
   ``"pil"`` reproduces PIL on 8-bit images (what transformers' CLIP image processor does): two
-  separable antialiased bicubic passes, width first, each rounded to 8-bit levels;
+  separable antialiased bicubic passes, width first, in PIL's fixed point, each rounded to 8-bit
+  levels (PIL's pixels exactly);
   ``"tensor"`` reproduces torchvision on a float tensor (open_clip's ``ToTensor`` then
   ``ResizeMaxSize``, used by HPS): one antialiased bicubic pass on ``[0, 1]`` floats, no rounding,
   no clamping.

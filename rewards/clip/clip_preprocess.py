@@ -1,6 +1,6 @@
 """CLIP pixel preprocessing with torch alone (no torchvision, no PIL round trip): CLIP's
-shortest-edge resize + centre crop (PIL-exact bicubic: two separable antialiased passes, each
-rounded to 8-bit levels as PIL stores them), or open_clip's longest-edge resize + zero pad (HPS,
+shortest-edge resize + centre crop (PIL's bicubic on 8-bit images bit for bit: two separable
+antialiased passes in PIL's fixed-point arithmetic, each rounded to 8-bit levels as PIL stores them), or open_clip's longest-edge resize + zero pad (HPS,
 on floats as the original). Used by :mod:`mixgrpo_ray.rewards.clip.clip_common`."""
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ class ImagePreprocess:
     ``pipeline`` picks how resampling is done:
 
     * ``"pil"`` (default; transformers' CLIP image processor on PIL images): inputs and each
-      separable bicubic pass rounded and clamped to 8-bit levels (``quantize``), as PIL does;
+      separable bicubic pass in PIL's fixed point, rounded and clamped to 8-bit levels
+      (``quantize``): PIL's result exactly;
     * ``"tensor"`` (open_clip's ``ToTensor()`` then ``ResizeMaxSize``, HPS v2.1): the ``[0, 1]``
       float image is resized in one antialiased bicubic pass (torchvision's tensor ``resize``,
       i.e. ``F.interpolate(mode="bicubic", antialias=True, align_corners=False)``), zero-padded and

@@ -86,7 +86,8 @@ def randomize_(model: torch.nn.Module, seed: int = 0, std: float = 0.2) -> torch
     return model
 
 
-def save_tiny_clip(folder: str | Path, image_size: int = 28, seed: int = 0, processor: bool = True) -> Path:
+def save_tiny_clip(folder: str | Path, image_size: int = 28, seed: int = 0, processor: bool = True,
+                   patch_size: int = 7) -> Path:
     """Save a randomised tiny ``CLIPModel``, its tokenizer and (optionally) a CLIP image processor config.
 
     The processor config asks for CLIP's usual shortest-edge resize to ``image_size`` and a
@@ -94,7 +95,7 @@ def save_tiny_clip(folder: str | Path, image_size: int = 28, seed: int = 0, proc
     """
     folder = Path(folder)
     write_tiny_tokenizer(folder)
-    model = randomize_(CLIPModel(tiny_clip_config(image_size=image_size)), seed=seed)
+    model = randomize_(CLIPModel(tiny_clip_config(image_size=image_size, patch_size=patch_size)), seed=seed)
     model.save_pretrained(str(folder))
     if processor:
         config = {
