@@ -29,9 +29,8 @@ import torch
 from mixgrpo_ray.cluster.actors import kill_actors, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device, assigned_gpu_ids
 from mixgrpo_ray.common.dtypes import short_name
-from mixgrpo_ray.config import ActorResources, Config
+from mixgrpo_ray.config import ActorResources, Config, required_resources
 from mixgrpo_ray.models.flux.flux_folder import compute_dtype
-from mixgrpo_ray.config.resources import required_resources
 from mixgrpo_ray.plan.gpu_packing import Actor, Target, gpu_loads, gpu_text, pack
 from mixgrpo_ray.plan.memory_plan import GB, USABLE, ModelSize, fits, learner_rows, model_size, reward_rows, rollout_rows
 
@@ -248,7 +247,7 @@ def planned_dry_run(cfg: Config, target: Target, target_name: str = "the target"
     rows, actors = planned_rows(cfg, target)
     need = required_resources(cfg)["GPU"]
     loads = [m for node in gpu_loads(actors, target) for m in node]
-    used = sum(1 for node in target_used(actors, target) for u in node if u)
+    used = len({gpu for a in actors for gpu in a.gpus})
     head = f"{target_name[0].upper()}{target_name[1:]} ({target.describe()}): "
     if any(r.get("error") for r in rows):
         why = (f"it asks for {need:g} GPUs in total and {target_name} has {target.gpus}" if need > target.gpus + 1e-9 else
@@ -262,10 +261,3 @@ def planned_dry_run(cfg: Config, target: Target, target_name: str = "the target"
     fullest = f"; the fullest GPU holds ~{max(loads):.1f} GB" if loads and any(loads) else ""
     return 0, format_planned(rows) + "\n" + head + f"the run fits: {used} of {target.gpus} GPUs used{fullest}"
 
-
-def target_used(actors: list[Actor], target: Target) -> list[list[bool]]:
-    used = [[False] * n for n in target.node_gpus]
-    for a in actors:
-        for node, gpu in a.gpus:
-            used[node][gpu] = True
-    return used
