@@ -16,28 +16,27 @@ redoes the call bit-identically, and a call whose actor cannot come back runs on
 
 from __future__ import annotations
 
-import os
-import time
 from typing import Optional, Sequence
 
 import ray
 import torch
 
-from mixgrpo_ray.algo.rollout import RolloutMeta, images_for, sample_groups, sample_images
+from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster import metrics as ray_metrics, serialization
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.devices import actor_device
 from mixgrpo_ray.cluster.retry import actor_died, get_each
+from mixgrpo_ray.cluster.sampling_endpoints import SamplingEndpoints
 from mixgrpo_ray.cluster.weight_sync import WeightReceiver, WeightsLost, WeightSync
-from mixgrpo_ray.common.images import grid_png
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
 from mixgrpo_ray.models.build import build_policy, eval_batch_size
 from mixgrpo_ray.models.reward_input import RewardInput
 
 
-class RolloutWorker:
-    """One rollout actor (create the group with :class:`RolloutWorkers`)."""
+class RolloutWorker(SamplingEndpoints):
+    """One rollout actor (create the group with :class:`RolloutWorkers`); its sampling calls are
+    :class:`~mixgrpo_ray.cluster.sampling_endpoints.SamplingEndpoints`'."""
 
     def __init__(self, index: int, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig,
                  rollout: RolloutConfig, seed: int, eval_batch: int = 0) -> None:
@@ -49,20 +48,27 @@ class RolloutWorker:
         self.device = actor_device(rollout.num_gpus)
         self.policy = build_policy(model, self.device, trainable=False)
         self.policy.train(False)
+        self.policy.offload_frozen(rollout.offload_encoders)
         self.sampling, self.grpo = sampling, grpo
         self.weight_version = 0
         self._loaded = False  # published weights loaded since this process started
         self.weights_ok = True  # false after a sync failed half-way, until one succeeds
         self.receiver = WeightReceiver()
-        self._metrics = ray_metrics.RolloutMetrics(index)
+        self._metrics = self._sampling_metrics = ray_metrics.RolloutMetrics(index)
+
+    @property
+    def sampler(self):
+        """The policy this actor samples with: its own (:attr:`policy`)."""
+        return self.policy
 
     def version(self) -> int:
         """The weight version this actor samples with."""
         return self.weight_version
 
-    def pid(self) -> int:
-        """This actor's process id (it changes when Ray restarts the actor)."""
-        return os.getpid()
+    def _prepare(self, version: int, weights: list) -> None:
+        self._use(version, weights)
+        if not self.weights_ok:
+            raise RuntimeError(f"rollout actor {self.index}: the last weight sync failed; refusing to sample")
 
     def _use(self, version: int, manifest: list) -> None:
         """Hold weight ``version`` before sampling: load its buckets (``manifest``) unless already
@@ -97,44 +103,6 @@ class RolloutWorker:
         """Copies of the trainable weights this actor samples with."""
         return self.policy.trainable_state_dict()
 
-    @ray.method(num_returns=3)
-    def sample(self, prompts: Sequence[str], window: Sequence[int], seed: int, version: int, weights: list,
-               inputs: Sequence[Optional[RewardInput]] = (None,)):
-        """``grpo.group_size`` images per prompt with weight ``version`` (whose sync manifest is
-        ``weights``); returns (images, trajectory, RolloutMeta), the images once per entry of
-        ``inputs`` (:func:`~mixgrpo_ray.algo.rollout.images_for`: ``None`` as sampled, else resized
-        as that reward input needs; call with ``num_returns=len(inputs) + 2``)."""
-        self._use(version, weights)
-        if not self.weights_ok:
-            raise RuntimeError(f"rollout actor {self.index}: the last weight sync failed; refusing to sample")
-        t0 = time.perf_counter()
-        out = sample_groups(self.policy, prompts, self.grpo.group_size, window, self.sampling, self.grpo,
-                            seed=seed, version=self.weight_version)
-        elapsed = time.perf_counter() - t0
-        meta = RolloutMeta(worker=self.index, version=self.weight_version, nfe=out.nfe,
-                           num_images=int(out.images.shape[0]),
-                           num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed, pid=os.getpid())
-        self._metrics.sampled(meta.num_images, out.nfe, elapsed)
-        return (*images_for(out.images, inputs), out.trajectory, meta)
-
-    def sample_eval(self, prompts: Sequence[str], seeds: Sequence[int], version: int, weights: list,
-                    inputs: Optional[Sequence[Optional[RewardInput]]] = None):
-        """Deterministic ODE images (full Euler schedule) with weight ``version``, uint8; the policy
-        sees at most ``data.eval_batch_size`` images at once. With ``inputs``, a tuple: the images
-        once per entry, as :meth:`sample` (call with ``num_returns=len(inputs)``)."""
-        self._use(version, weights)
-        images = sample_images(self.policy, prompts, seeds, num_steps=self.sampling.num_steps,
-                               shift=self.sampling.shift, batch_size=self.eval_batch_size)
-        if inputs is None:
-            return images
-        out = images_for(images, inputs)
-        return out[0] if len(out) == 1 else out
-
-    def grid_png(self, prompts: Sequence[str], seed: int, version: int, weights: list, title: str = "") -> bytes:
-        """A captioned PNG grid of one deterministic image per prompt."""
-        images = self.sample_eval(prompts, [seed + i for i in range(len(prompts))], version, weights, None)
-        return grid_png(images, list(prompts), title=title)
-
 
 class RolloutWorkers(ActorGroup):
     """``rollout.num_workers`` actors ``mixgrpo/rollout/<i>``; an iteration's prompts are split
@@ -144,10 +112,13 @@ class RolloutWorkers(ActorGroup):
     the model's default)."""
 
     def __init__(self, model: ModelConfig, sampling: SamplingConfig, grpo: GRPOConfig, rollout: RolloutConfig,
-                 seed: int, eval_batch: int = 0, inputs: Sequence[Optional[RewardInput]] = (None,)) -> None:
+                 seed: int, eval_batch: int = 0, inputs: Sequence[Optional[RewardInput]] = (None,),
+                 actors: Optional[list] = None) -> None:
         """``inputs``: the images every call returns, one object per reward input the reward
-        pools need (:meth:`~mixgrpo_ray.rewards.server.RewardPools.inputs`; ``None``: as sampled)."""
-        super().__init__(spawn_actors(
+        pools need (:meth:`~mixgrpo_ray.rewards.server.RewardPools.inputs`; ``None``: as sampled).
+        ``actors``: sample on these (actors answering the same calls, e.g. colocated hybrid
+        workers) instead of starting ``rollout.num_workers`` rollout actors."""
+        super().__init__(actors if actors is not None else spawn_actors(
             RolloutWorker, "rollout", rollout.num_workers, rollout,
             lambda i: (i, model, sampling, grpo, rollout, seed, eval_batch),
             max_restarts=rollout.max_restarts, max_task_retries=rollout.max_restarts,

@@ -32,13 +32,18 @@ class LearnerFailed(RuntimeError):
 class LearnerGroup(ActorGroup):
     """Creates the learner ranks, joins them, and runs each iteration's updates on all."""
 
+    #: the ranks' name in the dashboard (``mixgrpo/<role>/<rank>``) and their actor class
+    role = "learner"
+    worker_class: type = LearnerWorker
+
     def __init__(self, model: ModelConfig, optim: OptimConfig, clip_range: float, learner: LearnerConfig,
-                 seed: int, max_importance_weight: float = 2.0) -> None:
+                 seed: int, max_importance_weight: float = 2.0, extra_args: tuple = ()) -> None:
+        """``extra_args``: passed to each rank's constructor after the learner's own arguments."""
         n = learner.num_workers
-        self.placement = place("learner", learner, n, learner.placement_timeout_s)  # all ranks or none
+        self.placement = place(self.role, learner, n, learner.placement_timeout_s)  # all ranks or none
         try:
-            actors = spawn_actors(LearnerWorker, "learner", n, learner,
-                                  lambda rank: (rank, n, model, optim, clip_range, learner, seed),
+            actors = spawn_actors(self.worker_class, self.role, n, learner,
+                                  lambda rank: (rank, n, model, optim, clip_range, learner, seed, *extra_args),
                                   placement_group=self.placement)
         except BaseException:
             remove_placement_group(self.placement)
@@ -79,11 +84,22 @@ class LearnerGroup(ActorGroup):
         if len(sizes) != len(refs) or sum(sizes) != len(advantages):
             raise ValueError(f"{len(refs)} rollout calls of {list(sizes)} rows do not hold {len(advantages)} samples")
         shares = rank_shares(self.assignment(len(advantages), iteration), sizes)
-        return self.wait_together([
-            actor.train.remote([refs[c] for c in share.calls], share.rows, advantages[share.samples], share.updates,
+        inputs = [self.rank_inputs(rank, share, refs) for rank, share in enumerate(shares)]
+        stats = self.wait_together([
+            actor.train.remote(rank_refs, rows, advantages[share.samples], share.updates,
                                self.max_staleness, self.max_importance_weight)
-            for actor, share in zip(self.actors, shares)
+            for actor, share, (rank_refs, rows) in zip(self.actors, shares, inputs)
         ])[0]
+        return self.annotate(stats, shares)
+
+    def rank_inputs(self, rank: int, share, refs: list) -> tuple[list, list]:
+        """The trajectory refs rank ``rank`` is handed and its rows in each: the calls holding its
+        samples (a learner rank fetches them from the object store)."""
+        return [refs[c] for c in share.calls], share.rows
+
+    def annotate(self, stats: dict, shares: list) -> dict:
+        """Rank 0's training statistics, plus what the group adds to them."""
+        return stats
 
     def get_together(self, method: str, *args) -> list:
         """``method`` on every rank, returning as soon as one rank fails (see :meth:`wait_together`)."""
@@ -98,7 +114,7 @@ class LearnerGroup(ActorGroup):
         except GroupCallFailed as exc:
             if not actor_died(exc.error):
                 raise exc.error from None
-            raise LearnerFailed(f"learner {actor_name('learner', exc.index)} failed: {describe(exc.error)}") from exc.error
+            raise LearnerFailed(f"learner {actor_name(self.role, exc.index)} failed: {describe(exc.error)}") from exc.error
 
     def failure(self, error: BaseException) -> BaseException:
         """What a call that involved the learners (e.g. a weight sync) failing with ``error``
@@ -108,7 +124,7 @@ class LearnerGroup(ActorGroup):
         states = get_each([a.version.remote() for a in self.actors], timeout_s=30)
         for rank, st in enumerate(states):
             if isinstance(st, BaseException) and actor_died(st):
-                return LearnerFailed(f"learner {actor_name('learner', rank)} failed: {describe(st)}")
+                return LearnerFailed(f"learner {actor_name(self.role, rank)} failed: {describe(st)}")
         return error
 
     def save_checkpoint(self, directory: str) -> None:
@@ -120,3 +136,45 @@ class LearnerGroup(ActorGroup):
     def shutdown(self) -> None:
         super().shutdown()
         remove_placement_group(self.placement)
+
+
+class HybridGroup(LearnerGroup):
+    """``run.placement=colocated``: ``learner.num_workers`` hybrid workers ``mixgrpo/hybrid/<i>``
+    (:class:`~mixgrpo_ray.learner.hybrid_worker.HybridWorker`), one placement-group bundle each
+    (PACK), each a learner rank and a rollout actor. Sampling call ``c`` of an iteration runs on
+    worker ``c mod N`` and its trajectory stays there; a rank is handed the calls it drew itself
+    as markers and, for samples of the update plan that another worker drew, only those rows."""
+
+    role = "hybrid"
+
+    def __init__(self, model: ModelConfig, optim: OptimConfig, clip_range: float, learner: LearnerConfig,
+                 seed: int, max_importance_weight: float, sampling, grpo, rollout, weights: str,
+                 eval_batch: int = 0) -> None:
+        from mixgrpo_ray.learner.hybrid_worker import HybridWorker
+
+        self.worker_class = HybridWorker
+        self.weights_way = weights
+        self.lockstep = weights == "module" and learner.strategy == "fsdp"  # sampling forwards are collectives
+        super().__init__(model, optim, clip_range, learner, seed, max_importance_weight,
+                         extra_args=(sampling, grpo, rollout, weights, eval_batch))
+
+    def holder(self, call: int) -> int:
+        """The worker that sampled call ``call`` (and keeps its trajectory)."""
+        return call % self.world_size
+
+    def rank_inputs(self, rank: int, share, refs: list) -> tuple[list, list]:
+        out_refs, out_rows = [], []
+        for c, rows in zip(share.calls, share.rows):
+            h = self.holder(c)
+            if h == rank:  # drawn here: the marker, and the rows in the kept trajectory
+                out_refs.append(refs[c])
+                out_rows.append(list(rows))
+            else:  # only these rows travel, from the worker that drew them
+                out_refs.append(self.actors[h].rows_of.remote(refs[c], list(rows)))
+                out_rows.append(list(range(len(rows))))
+        return out_refs, out_rows
+
+    def annotate(self, stats: dict, shares: list) -> dict:
+        moved = sum(len(rows) for rank, share in enumerate(shares)
+                    for c, rows in zip(share.calls, share.rows) if self.holder(c) != rank)
+        return {**stats, "moved_samples": moved}

@@ -81,7 +81,7 @@ class LearnerWorker(SenderEndpoints):
         indices into those rows. Rollouts sampled with older weights (at most ``max_staleness``
         versions, over every rank's calls) train with the decoupled objective."""
         self.fetched = [ref.hex() for ref in trajectory_refs]  # ids only: holding refs would pin the objects
-        parts: list[Trajectory] = ray.get(list(trajectory_refs))
+        parts: list[Trajectory] = self._fetch(trajectory_refs)
         mine = Trajectory.concat([part.select(list(r)) for part, r in zip(parts, rows)])
         del parts  # keep only this rank's rows while training
         oldest = self._oldest_version(mine.version)
@@ -94,6 +94,10 @@ class LearnerWorker(SenderEndpoints):
                                            max_importance_weight=max_importance_weight)
         self._metrics.record(int(stats["updates"]))
         return stats
+
+    def _fetch(self, refs: list) -> list[Trajectory]:
+        """The trajectories of the rollout calls ``refs`` name (fetched from the object store)."""
+        return ray.get(list(refs))
 
     def _oldest_version(self, version: int) -> int:
         """The oldest weight version among every rank's rollout calls: each rank fetched only its

@@ -34,6 +34,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # MixGRPO with the asynchronous pipeline (docs/algorithm.md §13): the same iterations, interleaved,
     # then more until its training time equals the synchronous run's (see equal_wall_clock)
     "mixgrpo_async": ("mixgrpo", ["run.pipeline=async", "learner.max_staleness=1"]),
+    # MixGRPO colocated: 2 hybrid workers that each sample and train, against mixgrpo's one rollout
+    # actor and one learner rank: two processes of one torch thread each in both
+    "mixgrpo_colocated": ("mixgrpo", ["run.placement=colocated", "rollout.num_workers=2", "learner.num_workers=2"]),
 }
 #: the paper's time per iteration relative to DanceGRPO (docs/algorithm.md eq. (38))
 PAPER_RATIO = {"dancegrpo": 1.0, "dancegrpo_4": 150.0 / 291.3, "mixgrpo": 0.52, "mixgrpo_flash": 0.39,
@@ -61,6 +64,17 @@ def variant_config(name: str, base: list[str], overrides: list[str]) -> Config:
     return resolve(base + [preset], BENCH_OVERRIDES + extra + list(overrides))
 
 
+def plain_config(cfg: Config) -> Config:
+    """The config the plain loop runs beside a variant: one process, so one learner rank and one
+    sampler (the same math as the variant's ranks together)."""
+    if cfg.learner.num_workers == 1:
+        return cfg
+    out = cfg.model_copy(deep=True)
+    out.run.placement = "disaggregated"
+    out.learner.num_workers = out.rollout.num_workers = 1
+    return out
+
+
 def run_benchmark(names: list[str], out_dir, *, iterations: int, block: int, eval_every: int,
                   base: list[str] = ("tiny",), overrides: list[str] = (), plain: bool = True,
                   log: Callable[[str], None] = print) -> dict:
@@ -73,7 +87,7 @@ def run_benchmark(names: list[str], out_dir, *, iterations: int, block: int, eva
                 r.driver = Driver(r.cfg, RunDir.create(str(out_dir), r.name))
             r.driver.broadcast(bump=False)
             r.evals.append((0.0, 0, r.driver.evaluate()))
-            r.plain = PlainLoop(r.cfg) if plain else None
+            r.plain = PlainLoop(plain_config(r.cfg)) if plain else None
         done = 0
         while done < iterations:
             n = min(block, iterations - done)
@@ -140,6 +154,13 @@ def summarize(runs: list[VariantRun]) -> dict:
         phases = {p: statistics.mean(row.get(f"time/{p}_s", 0.0) for row in r.rows) for p in PHASES}
         per_iter = statistics.mean(r.seconds)
         final = r.evals[-1][2]
+        # a role works only in its own phase of a synchronous iteration; the rest is idle (a hybrid
+        # worker samples, trains and starts the next version)
+        idle = {"rollout": 1 - phases["rollout"] / per_iter, "reward": 1 - phases["reward"] / per_iter,
+                "learner": 1 - phases["train"] / per_iter}
+        if r.cfg.run.placement == "colocated":
+            busy = phases["rollout"] + phases["train"] + phases["sync"]
+            idle.update(rollout=1 - busy / per_iter, learner=1 - busy / per_iter, hybrid=1 - busy / per_iter)
         out[r.name] = {
             "iterations": len(r.rows),
             "nfe_rollout": statistics.mean(row["nfe/rollout"] for row in r.rows),
@@ -149,9 +170,8 @@ def summarize(runs: list[VariantRun]) -> dict:
             "plain_median_s": statistics.median(r.plain_seconds) if r.plain_seconds else None,
             "pipeline_over_plain": med / statistics.median(r.plain_seconds) if r.plain_seconds else None,
             "phase_s": phases,
-            # a role works only in its own phase of a synchronous iteration; the rest is idle
-            "idle_share": {"rollout": 1 - phases["rollout"] / per_iter, "reward": 1 - phases["reward"] / per_iter,
-                           "learner": 1 - phases["train"] / per_iter},
+            "idle_share": idle,
+            "placement": r.cfg.run.placement,
             "other_s": max(0.0, per_iter - sum(phases.values())),
             "heldout": {k.split("/", 2)[2]: v for k, v in final.items()
                         if k.startswith("eval/reward/") and not k.endswith("_se")},
@@ -165,6 +185,8 @@ def summarize(runs: list[VariantRun]) -> dict:
         res["paper_ratio"] = PAPER_RATIO.get(name)
     if "mixgrpo" in out and "mixgrpo_async" in out:
         out["mixgrpo_async"]["time_to_sync_final"] = time_to_reach(out["mixgrpo"], out["mixgrpo_async"])
+    if "mixgrpo" in out and "mixgrpo_colocated" in out:
+        out["mixgrpo_colocated"]["over_disaggregated"] = out["mixgrpo_colocated"]["median_s"] / out["mixgrpo"]["median_s"]
     return out
 
 

@@ -36,6 +36,13 @@ def format_table(results: dict, reward: Optional[str] = None) -> str:
                else f"not within the same training time ({results['mixgrpo_async']['iterations']} iterations)")
         lines += ["", f"`mixgrpo_async` reaches the synchronous run's final held-out {reach['reward']} "
                       f"({reach['target']:.4f}, after {reach['sync_s']:.1f} s of training) {got}."]
+    colocated = results.get("mixgrpo_colocated", {}).get("over_disaggregated")
+    if colocated:
+        c, d = results["mixgrpo_colocated"], results["mixgrpo"]
+        lines += ["", f"`mixgrpo_colocated` (2 hybrid workers) takes {colocated:.2f}x the s/iteration of `mixgrpo` "
+                      f"(1 rollout actor + 1 learner rank) at equal CPU threads; idle share: hybrid "
+                      f"{c['idle_share']['hybrid']:.0%}, against rollout {d['idle_share']['rollout']:.0%} and learner "
+                      f"{d['idle_share']['learner']:.0%} (CPU processes sharing cores, not GPUs: see docs/performance.md)."]
     return "\n".join(lines)
 
 

@@ -29,7 +29,7 @@ from mixgrpo_ray.common.checkpoint import CheckpointError
 from mixgrpo_ray.train.preflight import check_inputs
 from mixgrpo_ray.train.recovery import RunStopped
 from mixgrpo_ray.train.resume import check_checkpoint, resume_config
-from mixgrpo_ray.plan.memory_plan import check_learner_fits
+from mixgrpo_ray.plan.plan_report import check_learner_fits
 from mixgrpo_ray.train.training_run import run
 
 PROG = "mixgrpo-ray train"

@@ -11,7 +11,7 @@ from mixgrpo_ray.config.layering import (
     DEFAULT_PRESET, PRESET_PACKAGE, apply_override, deep_merge, load_preset, parse_override, preset_names, resolve,
 )
 from mixgrpo_ray.config.resources import check_cluster_resources, required_resources
-from mixgrpo_ray.config.root import Config, from_dict, validate
+from mixgrpo_ray.config.root import Config, from_dict, sampling_calls, validate
 from mixgrpo_ray.config.sections import (
     ActorResources, DataConfig, GRPOConfig, LearnerConfig, ModelConfig, OptimConfig, RayConfig, RewardConfig,
     RolloutConfig, RunConfig, SamplingConfig, Section, WindowConfig,
@@ -23,5 +23,5 @@ __all__ = [
     "ModelConfig", "OptimConfig", "PRESET_PACKAGE", "REWARD_KIND_NAMES", "RayConfig", "RewardConfig",
     "RolloutConfig", "RunConfig", "SamplingConfig", "Section", "WindowConfig", "apply_override",
     "check_cluster_resources", "deep_merge", "from_dict", "load_preset", "parse_override", "preset_names",
-    "required_resources", "resolve", "validate",
+    "required_resources", "resolve", "sampling_calls", "validate",
 ]

@@ -1,6 +1,6 @@
 """What differs between a run's saved configuration and the one it is resumed with, and which
 differences a resumed run accepts: its length, logging and checkpoint cadence, worker and replica
-counts, per-actor resources, fault-handling limits and how Ray is reached. Anything else (model,
+counts, per-actor resources, placement (colocated or not), fault-handling limits and how Ray is reached. Anything else (model,
 data, sampling, window, objective, optimiser, seed) would change what the run computes, so a resume
 that changes it is refused, listing the keys."""
 
@@ -16,6 +16,8 @@ RESUMABLE = (
     "run.iterations", "run.progress", "run.log_rollouts", "run.grid_every", "run.grid_prompts", "run.eval_every",
     "run.checkpoint_every", "run.checkpoint_every_s", "run.keep_checkpoints",
     "rollout.num_workers", "rollout.max_restarts", "learner.num_workers", "rewards.*.replicas",
+    # where the roles run: a colocated run computes what a disaggregated one does
+    "run.placement", "rollout.colocated_weights", "rollout.offload_encoders",
     "rewards.*.max_restarts", "rewards.*.timeout_s", "rewards.*.max_down_s",
     "*.num_cpus", "*.num_gpus", "*.resources", "*.resources.*", "ray.*",
     "rewards.*.options.api_key",  # saved REDACTED; the key comes again from the command line or environment

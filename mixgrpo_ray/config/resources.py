@@ -19,7 +19,8 @@ def required_resources(cfg: Config) -> dict[str, float]:
         for key, val in rc.resources.items():
             total[key] = total.get(key, 0.0) + float(val) * count
 
-    add(cfg.rollout, cfg.rollout.num_workers)
+    if cfg.run.placement != "colocated":  # colocated: the hybrid workers are the learner ranks
+        add(cfg.rollout, cfg.rollout.num_workers)
     add(cfg.learner, cfg.learner.num_workers)
     for rc in cfg.rewards.values():
         add(rc, rc.replicas)
@@ -33,7 +34,8 @@ def fitting_overrides(cfg: Config, key: str, have: float) -> list[str]:
     need = required_resources(cfg)[key] if field else 0.0
     if not field or have <= 0 or need <= 0:
         return []
-    roles = [("rollout", cfg.rollout), ("learner", cfg.learner)]
+    roles = [("rollout", cfg.rollout)] if cfg.run.placement != "colocated" else []
+    roles += [("learner", cfg.learner)]
     roles += [(f"rewards.{name}", rc) for name, rc in cfg.rewards.items()]
     out = []
     for prefix, rc in roles:

@@ -105,9 +105,41 @@ class Config(Section):
                 f"learner.strategy=fsdp shards full fine-tuning; LoRA (model.lora_rank={self.model.lora_rank}) "
                 "trains replicated adapters: use learner.strategy=replicate"
             )
+        _check_placement(self)
         if all(r.weight == 0 for r in self.rewards.values()):
             raise line_error("at least one reward needs a weight > 0 (rewards.<name>.weight)")
         return self
+
+
+def sampling_calls(cfg: Config) -> int:
+    """How many sampling calls an iteration's prompts are cut into (``rollout.prompts_per_call``,
+    else one per rollout worker that gets a prompt)."""
+    prompts, per_call = cfg.data.prompts_per_iteration, cfg.rollout.prompts_per_call
+    return -(-prompts // per_call) if per_call else min(prompts, cfg.rollout.num_workers)
+
+
+def _check_placement(cfg: Config) -> None:
+    """``run.placement=colocated``: what the hybrid workers cannot honour, one line each."""
+    if cfg.run.placement != "colocated":
+        if cfg.rollout.colocated_weights != "auto":
+            raise line_error(f"rollout.colocated_weights={cfg.rollout.colocated_weights} applies to "
+                             "run.placement=colocated only; set run.placement=colocated or drop it")
+        return
+    n, r = cfg.learner.num_workers, cfg.rollout
+    if cfg.run.pipeline == "async":
+        raise line_error("run.placement=colocated samples and trains on the same workers in turn, so "
+                         "run.pipeline=async has nothing to overlap; use run.pipeline=sync, or "
+                         "run.placement=disaggregated for the asynchronous pipeline")
+    if r.num_workers != n:
+        raise line_error(f"run.placement=colocated samples on the learner.num_workers={n} hybrid workers, but "
+                         f"rollout.num_workers={r.num_workers}; set rollout.num_workers={n} (or learner.num_workers to the rollout "
+                         "count as well)")
+    calls = sampling_calls(cfg)
+    if calls % n:
+        raise line_error(
+            f"run.placement=colocated gives each of the {n} hybrid workers the same number of sampling calls, but "
+            f"data.prompts_per_iteration={cfg.data.prompts_per_iteration} with rollout.prompts_per_call="
+            f"{r.prompts_per_call} makes {calls}; use a multiple of {n} prompts (or calls)")
 
 
 def from_dict(data: Any) -> Config:

@@ -18,8 +18,8 @@ from pydantic import (
 
 from mixgrpo_ray.config.errors import config_error, line_error, value_error
 from mixgrpo_ray.config.values import (
-    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, Float, Int, IntervalSchedule, LearnerStrategy,
-    LoggerName, ModelDtype, ModelKind, PYTHON_TARGET_PATTERN, Pipeline, PublishDtype, RewardKind, SdeKind, Str,
+    AdvantageMode, Algorithm, Amount, AtEnd, Backend, Bool, ColocatedWeights, Float, Int, IntervalSchedule, LearnerStrategy,
+    LoggerName, ModelDtype, ModelKind, PYTHON_TARGET_PATTERN, Pipeline, Placement, PublishDtype, RewardKind, SdeKind, Str,
     Strategy, SyncTransport, Tail, WandbMode,
 )
 
@@ -183,6 +183,12 @@ class RolloutConfig(ActorResources):
     num_workers: Int = Field(1, ge=1)
     prompts_per_call: Int = 0  # 0 = a worker's whole share in one call
     max_restarts: Int = Field(3, ge=0)  # Ray restarts of a dead actor (its call is redone); then others take its share
+    # text encoders and VAE wait in host memory and visit the GPU only to encode / decode
+    offload_encoders: Bool = False
+    # run.placement=colocated: which weights a hybrid worker samples with. module: the training
+    # module itself (fsdp: each block gathered per forward); copy: one compute-dtype copy refreshed
+    # after every update; auto: the memory plan picks (copy when it fits, else module)
+    colocated_weights: ColocatedWeights = "auto"
 
 
 class RewardConfig(ActorResources):
@@ -269,6 +275,10 @@ class RunConfig(Section):
     # sync: sample, score, train, broadcast in turn (exactly on-policy); async: rollout actors sample
     # the next iteration with the current weights while the learner trains (lag <= learner.max_staleness)
     pipeline: Pipeline = "sync"
+    # disaggregated: rollout actors, learner ranks and reward replicas each on their own resources;
+    # colocated: learner.num_workers hybrid workers, each a learner rank and a rollout actor at once
+    # (mixgrpo/hybrid/<i>), sampling and training in turn on the same GPUs (docs/scaling.md)
+    placement: Placement = "disaggregated"
 
 
 class RayConfig(Section):

@@ -75,3 +75,22 @@ def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
 
         return shared_base(trained, model)
     return build_policy(model, trained.device, trainable=False)
+
+
+def build_sampler(model: ModelConfig, device: torch.device | str = "cpu", trained: Optional[Policy] = None) -> Policy:
+    """A policy to sample with (``trainable=False``: text encoders and VAE included). With
+    ``trained`` (a learner's policy) it denoises with ``trained``'s own transformer, which is
+    neither copied nor moved (a colocated worker sampling on its training module; under fsdp each
+    block is gathered per forward); else it holds its own transformer in the compute dtype."""
+    if trained is None:
+        return build_policy(model, device, trainable=False)
+    if model.kind == "tiny":
+        policy = build_policy(model, "cpu", trainable=False)
+        policy.transformer = trained.transformer
+        policy.shared_denoiser = True
+        return policy.to(device)
+    if model.kind == "flux":
+        from mixgrpo_ray.models.flux.flux_policy import FluxPolicy
+
+        return FluxPolicy.from_model_config(model, device=device, trainable=False, denoiser=trained.transformer)
+    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny or flux")

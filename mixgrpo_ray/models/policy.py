@@ -20,8 +20,9 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -86,6 +87,39 @@ class Policy(ABC):
     @property
     def device(self) -> torch.device:
         return torch.device("cpu")
+
+    #: frozen parts wait in host memory between uses (see :meth:`offload_frozen`)
+    host_offload: bool = False
+    #: the denoiser is another policy's (a colocated learner's training module): :meth:`to` leaves it
+    shared_denoiser: bool = False
+
+    def frozen_parts(self) -> list:
+        """The frozen components used only to encode prompts or decode latents (text encoders,
+        VAE): what :meth:`offload_frozen` keeps in host memory. Default: none."""
+        return []
+
+    def offload_frozen(self, enabled: bool = True) -> "Policy":
+        """``enabled``: keep :meth:`frozen_parts` in host memory and move each to the policy's
+        device only while it encodes or decodes (``rollout.offload_encoders``); the GPU then holds
+        the transformer alone while it denoises. Returns self."""
+        self.host_offload = bool(enabled)
+        if enabled:
+            for part in self.frozen_parts():
+                part.to("cpu")
+        return self
+
+    @contextlib.contextmanager
+    def frozen_on_device(self, part: Optional[object]) -> Iterator[None]:
+        """Run the block with ``part`` (a frozen component) on the policy's device, and put it
+        back in host memory after when :attr:`host_offload` is on."""
+        if not self.host_offload or part is None:
+            yield
+            return
+        part.to(self.device)
+        try:
+            yield
+        finally:
+            part.to("cpu")
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal latents ``(batch, *latent_shape())`` in float32 on CPU."""

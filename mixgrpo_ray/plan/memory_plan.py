@@ -59,6 +59,9 @@ class ModelSize:
     hidden: int
     tokens: int
     frozen: dict  # text encoders and VAE: name -> parameters
+    #: FLOPs of one transformer forward for one image (matmuls and attention), counted by torch's
+    #: FLOP counter on the meta device; 0 when not counted
+    forward_flops: float = 0.0
 
 
 def _meta_count(module: torch.nn.Module) -> int:
@@ -76,16 +79,43 @@ def model_size(cfg: Config) -> ModelSize:
             tc = TinyConfig()
         with torch.device("meta"):
             tr, enc = build_transformer(tc), TinyTextEncoder(tc)
-        tokens = (tc.resolution // tc.patch) ** 2 + tc.text_tokens
-        return _size(tr, tokens, {"text_encoder": _meta_count(enc)})
+        image_tokens = (tc.resolution // tc.patch) ** 2
+        size = _size(tr, image_tokens + tc.text_tokens, {"text_encoder": _meta_count(enc)})
+        size.forward_flops = forward_flops(tr, image_tokens, tc.text_tokens)
+        return size
     from diffusers import FluxTransformer2DModel
 
     folder = Path(m.path or "") / "transformer" / "config.json"
     config = json.loads(folder.read_text()) if folder.is_file() else FLUX_DEV
     with torch.device("meta"):
         tr = FluxTransformer2DModel.from_config(config)
-    tokens = (m.height // 16) * (m.width // 16) + m.max_sequence_length
-    return _size(tr, tokens, _frozen(Path(m.path or "")))
+    image_tokens = (m.height // 16) * (m.width // 16)
+    size = _size(tr, image_tokens + m.max_sequence_length, _frozen(Path(m.path or "")))
+    size.forward_flops = forward_flops(tr, image_tokens, m.max_sequence_length)
+    return size
+
+
+def forward_flops(tr: torch.nn.Module, image_tokens: int, text_tokens: int) -> float:
+    """FLOPs of one forward of the FLUX-style transformer ``tr`` for one image of ``image_tokens``
+    latent tokens and ``text_tokens`` prompt tokens, as torch's FLOP counter counts them (every
+    matmul and attention product); ``tr`` and its inputs live on the device of ``tr`` (the meta
+    device for a plan: nothing is computed)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    c = tr.config
+    device = next(tr.parameters()).device
+    with torch.device(device):
+        inputs = dict(
+            hidden_states=torch.zeros(1, image_tokens, c.in_channels),
+            encoder_hidden_states=torch.zeros(1, text_tokens, c.joint_attention_dim),
+            pooled_projections=torch.zeros(1, c.pooled_projection_dim), timestep=torch.full((1,), 0.5),
+            img_ids=torch.zeros(image_tokens, 3), txt_ids=torch.zeros(text_tokens, 3), return_dict=False,
+        )
+        if getattr(c, "guidance_embeds", False):
+            inputs["guidance"] = torch.full((1,), 3.5)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tr(**inputs)
+    return float(counter.get_total_flops())
 
 
 def _size(tr: torch.nn.Module, tokens: int, frozen: dict) -> ModelSize:
@@ -181,60 +211,3 @@ def smallest_learner_count(cfg: Config, size: ModelSize, gpu_gb: float, limit: i
             return n
         n *= 2
     return None
-
-
-def plan_report(cfg: Config, gpu_gb: float, gpus_per_node: int, nodes: int) -> tuple[str, bool]:
-    """The plan as text, and whether every GPU role fits its GPU's memory (the GPU count is
-    reported, not judged: Ray places what it can)."""
-    size = model_size(cfg)
-    lr = cfg.learner
-    learner = learner_rows(cfg, size, lr.num_workers, lr.strategy)
-    rollout = rollout_rows(cfg, size)
-    lines = [f"model {cfg.model.kind}: transformer {size.params / 1e9:.3f} B parameters in {size.blocks} blocks "
-             f"(largest {size.block_max / 1e6:.1f} M), {size.tokens} tokens x width {size.hidden} per sample",
-             f"cluster: {nodes} node(s) x {gpus_per_node} GPU(s) of {gpu_gb:g} GB (a role fits within {USABLE:.0%})", ""]
-    ok = True
-    for title, rows, needs_gpu in ((f"learner rank ({lr.strategy}, {lr.num_workers} rank(s))", learner, lr.num_gpus > 0),
-                                   ("rollout actor", rollout, cfg.rollout.num_gpus > 0)):
-        total = sum(v for _, v in rows)
-        fit = fits(rows, gpu_gb)
-        ok &= fit or not needs_gpu
-        lines.append(f"{title:<42} {'GB':>9}")
-        lines += [f"  {k:<40} {v:9.2f}" for k, v in rows if v]
-        lines.append(f"  {'total':<40} {total:9.2f}   {'fits' if fit else 'DOES NOT FIT'}")
-        lines.append("")
-    for name, r in cfg.rewards.items():
-        rows = reward_rows(r)
-        if r.num_gpus > 0 and rows is not None:
-            lines.append(f"reward {name} ({r.kind}): ~{sum(v for _, v in rows):.1f} GB per replica "
-                         f"(fp32 weights + runtime)")
-    act_on = activation_bytes(cfg, size, True) / GB
-    act_off = activation_bytes(cfg, size, False) / GB
-    lines.append(f"activations per sample: {act_on:.2f} GB with gradient checkpointing, {act_off:.2f} GB without")
-    n = smallest_learner_count(cfg, size, gpu_gb)
-    lines.append(f"full fine-tuning: smallest learner count that fits is {n} (learner.strategy=fsdp)"
-                 if n else "full fine-tuning: does not fit on up to 1024 learner GPUs")
-    have = gpus_per_node * nodes
-    parts = {"learners": lr.num_workers * lr.num_gpus, "rollout": cfg.rollout.num_workers * cfg.rollout.num_gpus,
-             "rewards": sum(r.replicas * r.num_gpus for r in cfg.rewards.values())}
-    need = sum(parts.values())
-    nodes_needed = -(-need // gpus_per_node) if need else 0
-    lines.append("GPUs: " + " + ".join(f"{k} {v:g}" for k, v in parts.items()) + f" = {need:g} of {have}"
-                 + ("" if need <= have else f": needs {nodes_needed:g} node(s) of {gpus_per_node} (--nodes)"))
-    return "\n".join(lines), ok
-
-
-def check_learner_fits(cfg: Config) -> Optional[str]:
-    """One line saying why a learner rank does not fit ``learner.gpu_memory_gb``, or None."""
-    gpu_gb = cfg.learner.gpu_memory_gb
-    if gpu_gb <= 0 or cfg.learner.num_gpus <= 0:
-        return None
-    size = model_size(cfg)
-    rows = learner_rows(cfg, size, cfg.learner.num_workers, cfg.learner.strategy)
-    if fits(rows, gpu_gb):
-        return None
-    n = smallest_learner_count(cfg, size, gpu_gb)
-    hint = f"use learner.strategy=fsdp with learner.num_workers>={n}" if n else "use LoRA (model.lora_rank)"
-    return (f"a learner rank needs {sum(v for _, v in rows):.1f} GB ({cfg.learner.strategy}, "
-            f"{cfg.learner.num_workers} rank(s)) but learner.gpu_memory_gb={gpu_gb:g} allows {USABLE * gpu_gb:.1f} GB; "
-            f"{hint} (see mixgrpo-ray plan)")

@@ -2,7 +2,9 @@
 
 The driver holds prompts, scalars, advantages and ObjectRefs only. Images travel from rollout
 actors to reward servers and trajectories from rollout actors to learners as ObjectRefs that
-the driver never opens. Each role is one group object built from its own config sections.
+the driver never opens. Each role is one group object built from its own config sections; with
+``run.placement=colocated`` the rollout and learner groups are two views of the same hybrid workers
+(:mod:`mixgrpo_ray.train.colocation`), whose trajectories stay where they were sampled.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from mixgrpo_ray.core.window import SlidingWindow
 from mixgrpo_ray.data.prompts import PromptSampler, load_prompts
 from mixgrpo_ray.learner.group import LearnerGroup
 from mixgrpo_ray.rewards.server import RewardPools
+from mixgrpo_ray.train.colocation import colocated_roles
 from mixgrpo_ray.train.faults import FaultLog
 from mixgrpo_ray.train.metric_rows import eval_row, iteration_row, rollout_columns
 from mixgrpo_ray.train.recovery import check_finite, check_finite_loss, collect_rollouts, stop_cleanly
@@ -88,12 +91,16 @@ class Driver:
             self.rewards = RewardPools(cfg.rewards)
             # learned once from the reward servers: rollout actors send each pool images resized
             # as its model needs them (full resolution only where one needs it)
-            self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed,
-                                          cfg.data.eval_batch_size, inputs=self.rewards.inputs())
-            self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
-                                         max_importance_weight=cfg.grpo.max_importance_weight)
-            self.weight_sync = WeightSync(self.learners.actors, self.rollout.actors, cfg.learner.sync_transport,
-                                          sync_backend(cfg))
+            inputs = self.rewards.inputs()
+            if cfg.run.placement == "colocated":  # hybrid workers: one set of actors plays both roles
+                self.learners, self.rollout, self.weight_sync = colocated_roles(cfg, inputs)
+            else:
+                self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed,
+                                              cfg.data.eval_batch_size, inputs=inputs)
+                self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
+                                             max_importance_weight=cfg.grpo.max_importance_weight)
+                self.weight_sync = WeightSync(self.learners.actors, self.rollout.actors,
+                                              cfg.learner.sync_transport, sync_backend(cfg))
         except BaseException:
             self.shutdown()  # leave no half-started run behind
             raise
@@ -286,7 +293,11 @@ class Driver:
         self.broadcast(bump=False)
 
     def actors(self) -> list:
-        return [a for g in (self.rollout, self.rewards, self.learners) if g is not None for a in g.actors]
+        seen: dict = {}
+        for group in (self.rollout, self.rewards, self.learners):
+            for a in group.actors if group is not None else []:
+                seen.setdefault(a._actor_id, a)  # colocated: the rollout and learner groups share actors
+        return list(seen.values())
 
     def shutdown(self) -> None:
         """Kill every actor of the run and wait until their names are free again."""

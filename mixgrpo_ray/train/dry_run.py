@@ -32,6 +32,7 @@ from mixgrpo_ray.common.dtypes import short_name
 from mixgrpo_ray.config import ActorResources, Config, required_resources
 from mixgrpo_ray.models.flux.flux_folder import compute_dtype
 from mixgrpo_ray.plan.gpu_packing import Actor, Target, gpu_loads, gpu_text, pack
+from mixgrpo_ray.plan.colocated_plan import hybrid_rows, sampling_weights
 from mixgrpo_ray.plan.memory_plan import GB, USABLE, ModelSize, fits, learner_rows, model_size, reward_rows, rollout_rows
 
 #: seconds to wait for the probes to be placed before calling a role unschedulable
@@ -70,11 +71,14 @@ class RoleProbe:
     role: str
     count: int
     resources: ActorResources
-    kind: str  # "rollout", "learner" or "reward"
+    kind: str  # "rollout", "learner", "hybrid" (run.placement=colocated) or "reward"
 
 
 def roles(cfg: Config) -> list[RoleProbe]:
     """Every role of the run, in start order."""
+    if cfg.run.placement == "colocated":  # the hybrid workers are learner ranks and rollout actors at once
+        out = [RoleProbe(f"reward/{name}", rc.replicas, rc, "reward") for name, rc in cfg.rewards.items()]
+        return out + [RoleProbe("hybrid", cfg.learner.num_workers, cfg.learner, "hybrid")]
     out = [RoleProbe("rollout", cfg.rollout.num_workers, cfg.rollout, "rollout")]
     out += [RoleProbe(f"reward/{name}", rc.replicas, rc, "reward") for name, rc in cfg.rewards.items()]
     out.append(RoleProbe("learner", cfg.learner.num_workers, cfg.learner, "learner"))
@@ -108,6 +112,10 @@ def role_memory(cfg: Config, probe: RoleProbe, size: Optional[ModelSize]) -> tup
         return None, "not estimated"
     if probe.kind == "learner":
         rows = learner_rows(cfg, size, cfg.learner.num_workers, cfg.learner.strategy)
+    elif probe.kind == "hybrid":
+        way = sampling_weights(cfg, size)
+        rows = hybrid_rows(cfg, size, way)
+        return rows, f"~{sum(v for _, v in rows):.1f} GB (sampling on the {way}; mixgrpo-ray plan)"
     else:
         rows = rollout_rows(cfg, size)
     return rows, f"~{sum(v for _, v in rows):.1f} GB (mixgrpo-ray plan)"
@@ -202,7 +210,7 @@ def planned_rows(cfg: Config, target: Target) -> tuple[list[dict], list[Actor]]:
     report) and the placed actors: the learners first, then rollout, then each reward pool."""
     size = plan_size(cfg)
     by_role = {p.role: p for p in roles(cfg)}
-    order = ["learner", "rollout"] + [r for r in by_role if r.startswith("reward/")]
+    order = [r for r in ("learner", "hybrid", "rollout") if r in by_role] + [r for r in by_role if r.startswith("reward/")]
     groups, actors = [], []
     for role in order:
         probe = by_role[role]

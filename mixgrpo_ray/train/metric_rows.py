@@ -13,7 +13,8 @@ from mixgrpo_ray.common.stats import mean_se
 
 #: training statistics of the learner copied into the row as ``train/<key>``
 TRAIN_KEYS = ("loss", "ratio_mean", "ratio_min", "ratio_max", "clip_fraction", "approx_kl", "grad_norm",
-              "first_ratio_mean", "first_ratio_min", "first_ratio_max", "updates", "importance_weight_mean")
+              "first_ratio_mean", "first_ratio_min", "first_ratio_max", "updates", "importance_weight_mean",
+              "moved_samples")  # moved_samples: run.placement=colocated only (rows sent to another worker)
 #: phases of an iteration, each logged as ``time/<phase>_s``
 PHASES = ("rollout", "reward", "train", "sync")
 

@@ -272,7 +272,8 @@ def test_mixed_evaluation_loads_one_text_encoder_and_vae(tmp_path, monkeypatch, 
     prompts.write_text("a red cat\nthe dog on the mat\na photo of a dog\n")
     overrides = [
         f"model.path={flux}", f"model.height={IMAGE_SIZE}", f"model.width={IMAGE_SIZE}", "model.max_sequence_length=8",
-        f"model.lora_rank={lora_rank}", "learner.strategy=replicate", "learner.num_workers=1", f"data.eval={prompts}", "sampling.num_steps=4", "window.size=1",
+        f"model.lora_rank={lora_rank}", "learner.strategy=replicate", "learner.num_workers=1", "rollout.num_workers=1",
+        f"data.eval={prompts}", "sampling.num_steps=4", "window.size=1",
         "rewards.hps=null", "rewards.pickscore=null", "rewards.imagereward=null", "rewards.clip.kind=clip",
         f"rewards.clip.options={{model: {clip}}}", "run.grid_prompts=0", "run.progress=false",
     ]
@@ -307,7 +308,8 @@ def test_train_dry_run_probes_every_role_without_loading_models(tmp_path, capsys
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     cpu = [f"{role}.{key}" for role in ("rollout", "learner", "rewards.hps", "rewards.pickscore", "rewards.imagereward")
            for key in ("num_gpus=0", "resources=null", "num_cpus=0.25")]
-    args = ["--dry-run", "--config", "flux", "--config", "flux_lora", f"model.path={tmp_path / 'no-such-model'}",
+    args = ["--dry-run", "--config", "flux", "--config", "flux_disaggregated", "--config", "flux_lora",
+            f"model.path={tmp_path / 'no-such-model'}", "learner.num_workers=1", "optim.samples_per_update=3",
             *cpu, "rollout.num_workers=2", "ray.num_cpus=2", "ray.dashboard=false"]
     assert train_main(args) == 0  # the model folder does not exist: nothing was loaded
     lines = [ln for ln in capsys.readouterr().out.splitlines() if " x" in ln and "device" in ln]
@@ -327,7 +329,7 @@ def test_dry_run_memory_is_the_plans(tmp_path):
     from tiny_flux import build_tiny_flux
 
     flux = build_tiny_flux(tmp_path / "flux")
-    cfg = resolve(["flux"], [f"model.path={flux}"])
+    cfg = resolve(["flux", "flux_disaggregated"], [f"model.path={flux}"])
     size = plan.model_size(cfg)
     by_role = {p.role: p for p in roles(cfg)}
     report = {"device": "cuda:0", "gpu_ids": ["0"], "cuda_visible_devices": "0", "gpu_name": "Fake", "gpu_memory_gib": 80}
@@ -343,8 +345,21 @@ def test_dry_run_memory_is_the_plans(tmp_path):
     assert hps["memory"] == f"~{4 * plan.REWARD_PARAMS['hps'] / 1e9 + plan.RUNTIME_GB:.1f} GB (fp32 weights + runtime)"
     assert "ERROR: " in format_rows([rollout, learner]).splitlines()[1] and "ERROR" not in format_rows([rollout])
     # the same numbers the plan prints
-    text, _ = plan.plan_report(cfg, 80, 8, 1)
+    from mixgrpo_ray.plan.plan_report import plan_report
+
+    text, _ = plan_report(cfg, 80, 8, 1)
     assert f"{sum(v for _, v in learner_rows):9.2f}" in text
+    # colocated: one hybrid role, whose memory is the plan's hybrid worker
+    from mixgrpo_ray.plan.colocated_plan import hybrid_rows, sampling_weights
+
+    colo = resolve(["flux"], [f"model.path={flux}"])
+    hybrid_probe = {p.role: p for p in roles(colo)}["hybrid"]
+    way = sampling_weights(colo, size)
+    want = sum(v for _, v in hybrid_rows(colo, size, way))
+    row = role_row(colo, hybrid_probe, report, size)
+    assert row["memory"] == f"~{want:.1f} GB (sampling on the {way}; mixgrpo-ray plan)" and "error" not in row
+    text, _ = plan_report(colo, 80, 8, 1)
+    assert f"{want:9.2f}" in text
 
 
 def test_a_rank_that_cannot_reach_rank_0_fails_within_the_timeout():

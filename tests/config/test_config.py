@@ -220,7 +220,7 @@ def test_every_choice_is_listed():
         "model.kind", "model.dtype", "sampling.sde_kind", "sampling.tail", "window.strategy",
         "window.interval_schedule", "window.at_end", "grpo.algorithm", "grpo.advantage_mode",
         "learner.backend", "learner.publish_dtype", "learner.strategy", "learner.sync_transport",
-        "rewards.quality.kind", "run.wandb_mode", "run.pipeline",
+        "rewards.quality.kind", "run.wandb_mode", "run.pipeline", "run.placement", "rollout.colocated_weights",
     }
 
 
@@ -237,6 +237,8 @@ def test_choice_values_match_today():
             extra = ["grpo.algorithm=dancegrpo"] if value == "dancegrpo" else []
             extra += ["rewards.quality.target=my_rewards:score"] if value == "python" else []
             extra += ["learner.num_gpus=1"] if (key, value) == ("learner.backend", "nccl") else []  # NCCL needs GPUs
+            colocated = value == "colocated" or (key == "rollout.colocated_weights" and value != "auto")
+            extra += ["run.placement=colocated", "rollout.num_workers=1"] if colocated else []
             C.resolve(None, [f"{key}={value}"] + extra)
 
 

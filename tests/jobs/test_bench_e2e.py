@@ -30,7 +30,7 @@ def test_benchmark_table_and_nfe_counts(local_ray, tmp_path):
     from mixgrpo_ray.bench.e2e import run_benchmark
     from mixgrpo_ray.bench.e2e_report import format_table, write_report
 
-    names = ["dancegrpo", "dancegrpo_4", "mixgrpo", "mixgrpo_flash_star", "mixgrpo_async"]
+    names = ["dancegrpo", "dancegrpo_4", "mixgrpo", "mixgrpo_flash_star", "mixgrpo_async", "mixgrpo_colocated"]
     res = run_benchmark(names, tmp_path / "runs", iterations=2, block=1, eval_every=2, overrides=SMALL,
                         log=lambda s: None)
     assert list(res) == names
@@ -54,7 +54,14 @@ def test_benchmark_table_and_nfe_counts(local_ray, tmp_path):
     assert res["mixgrpo_async"]["nfe_rollout"] == T and res["mixgrpo_async"]["nfe_policy"] == w
     assert set(res["mixgrpo_async"]["time_to_sync_final"]) == {"reward", "target", "sync_s", "async_s", "speedup"}
     assert res["dancegrpo"]["ratio"] == 1.0
+    # colocated beside disaggregated, side by side: same NFE, its own s/iteration ratio and idle share
+    colo = res["mixgrpo_colocated"]
+    assert colo["placement"] == "colocated" and res["mixgrpo"]["placement"] == "disaggregated"
+    assert colo["nfe_rollout"] == T and colo["nfe_policy"] == w
+    assert colo["over_disaggregated"] == pytest.approx(colo["median_s"] / res["mixgrpo"]["median_s"])
+    assert 0 <= colo["idle_share"]["hybrid"] < res["mixgrpo"]["idle_share"]["rollout"] + 1e-9
     table = format_table(res)
+    assert "`mixgrpo_colocated` (2 hybrid workers) takes" in table
     assert table.split("\n\n")[0].count("\n") == len(names) + 1 and "pipeline / plain" in table
     assert "mixgrpo_async` reaches" in table
     files = write_report(res, tmp_path, "header")

@@ -451,9 +451,59 @@ def test_flux_preset_mirrors_the_paper():
     assert (cfg.sampling.num_steps, cfg.sampling.shift, cfg.sampling.tail) == (25, 3.0, "dpm2")
     assert {n: (r.kind, r.weight) for n, r in cfg.rewards.items()} == {
         "hps": ("hps", 1.0), "pickscore": ("pickscore", 1.0), "imagereward": ("imagereward", 1.0)}
-    roles = [("rollout_gpu", cfg.rollout), ("learner_gpu", cfg.learner)] + [("reward_gpu", r) for r in cfg.rewards.values()]
+    # colocated on one 8-GPU node: 8 hybrid workers at 0.9 of a GPU, each reward 0.1 beside one
+    assert (cfg.run.placement, cfg.rollout.num_workers, cfg.learner.num_gpus) == ("colocated", 8, 0.9)
+    assert all(r.num_gpus == 0.1 and r.resources == {} for r in cfg.rewards.values()) and cfg.learner.resources == {}
+    dis = resolve(["flux", "flux_disaggregated", "mixgrpo_flash"])
+    roles = [("rollout_gpu", dis.rollout), ("learner_gpu", dis.learner)] + [("reward_gpu", r) for r in dis.rewards.values()]
     for resource, rc in roles:
         assert rc.num_gpus == 1 and rc.resources == {resource: 1}
+    assert (dis.run.placement, dis.rollout.num_workers, dis.learner.num_workers) == ("disaggregated", 1, 8)
     lora = resolve(["flux", "flux_lora", "mixgrpo"])
     assert lora.model.lora_rank > 0 and lora.model.height == 720 and lora.sampling.tail == "euler"
-    assert (lora.learner.strategy, lora.learner.num_workers, lora.optim.samples_per_update) == ("replicate", 1, 3)
+    assert (lora.learner.strategy, lora.learner.num_workers, lora.optim.samples_per_update) == ("replicate", 8, 24)
+
+
+def test_a_sampler_on_the_training_module_and_offloaded_encoders(flux_dir):
+    """A colocated worker's sampler (``build_sampler(..., trained=...)``) denoises with the
+    learner's own transformer (the same module, not a copy, never moved) and gives the velocity
+    of a sampler holding the same weights; with ``offload_frozen`` the text encoders and VAE visit
+    the device only around encoding and decoding."""
+    from mixgrpo_ray.models.build import build_sampler
+
+    trained = load(flux_dir, trainable=True, dtype="fp32")
+    with torch.no_grad():
+        for p in trained.trainable_parameters():
+            p.add_(0.01)
+    sampler = build_sampler(model_cfg(flux_dir, dtype="fp32"), "cpu", trained=trained)
+    assert sampler.transformer is trained.transformer and sampler.shared_denoiser
+    own = load(flux_dir, dtype="fp32")
+    own.load_trainable_state_dict(trained.trainable_state_dict())
+    cond = own.encode_prompts(["a red cat"])
+    x = torch.randn(1, *own.latent_shape(), generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([0.6])
+    assert torch.equal(sampler.velocity(x, sigma, cond), own.velocity(x, sigma, cond))
+
+    events = []
+    for name, part in (("prompts", sampler.prompts), ("vae", sampler.vae)):
+        original = part.to
+
+        def to(device, _name=name, _original=original):
+            events.append((_name, str(device)))
+            return _original(device)
+
+        part.to = to
+    sampler.prompts.text_encoder_2.register_forward_hook(lambda *_: events.append(("t5", "forward")))
+    sampler.vae.decoder.register_forward_hook(lambda *_: events.append(("vae", "forward")))
+    sampler.offload_frozen(True)
+    assert events == [("prompts", "cpu"), ("vae", "cpu")]  # both wait in host memory
+    events.clear()
+    sampler.encode_prompts(["a blue dog on the mat"])
+    sampler.decode(x)
+    device = str(sampler.device)
+    assert events == [("prompts", device), ("t5", "forward"), ("prompts", "cpu"),
+                      ("vae", device), ("vae", "forward"), ("vae", "cpu")]
+    sampler.offload_frozen(False)
+    events.clear()
+    sampler.encode_prompts(["a green bird"])
+    assert events == [("t5", "forward")]

@@ -38,6 +38,22 @@ def test_bad_config_and_paths(capsys, tmp_path, argv, expect):
     refused(capsys, tmp_path, argv, expect)
 
 
+@pytest.mark.parametrize("argv, expect", [
+    (["run.placement=colocated", "rollout.num_workers=1", "run.pipeline=async", "learner.max_staleness=1"],
+     "run.placement=colocated samples and trains on the same workers in turn, so run.pipeline=async"),
+    (["run.placement=colocated", "learner.num_workers=1", "rollout.num_workers=2"],
+     "hybrid workers, but rollout.num_workers=2; set rollout.num_workers=1"),
+    (["run.placement=colocated", "learner.num_workers=2", "rollout.num_workers=2", "optim.samples_per_update=2",
+      "data.prompts_per_iteration=3", "rollout.prompts_per_call=1"], "makes 3; use a multiple of 2 prompts"),
+    (["run.placement=colocated", "learner.num_workers=2", "rollout.num_workers=2", "optim.samples_per_update=2",
+      "data.prompts_per_iteration=1", "grpo.group_size=4"], "makes 1; use a multiple of 2"),
+    (["rollout.colocated_weights=copy"], "rollout.colocated_weights=copy applies to run.placement=colocated only"),
+    (["run.placement=together"], "run.placement must be one of disaggregated, colocated"),
+])
+def test_colocation_it_cannot_honour_is_refused(capsys, tmp_path, argv, expect):
+    refused(capsys, tmp_path, argv, expect)
+
+
 def _parquet(path, column):
     import pyarrow as pa
     import pyarrow.parquet as pq

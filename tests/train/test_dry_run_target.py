@@ -12,7 +12,10 @@ from mixgrpo_ray.config import resolve
 from mixgrpo_ray.plan.gpu_packing import Actor, Target, gpu_loads, gpu_text, pack
 from mixgrpo_ray.train.dry_run import planned_rows
 
-FLUX = ["--config", "flux", "--config", "mixgrpo"]
+#: the paper's run with every role on GPUs of its own (12 in all)
+FLUX = ["--config", "flux", "--config", "flux_disaggregated", "--config", "mixgrpo"]
+#: the flux preset as it ships: 8 hybrid workers, the rewards beside them
+FLUX_COLOCATED = ["--config", "flux", "--config", "mixgrpo"]
 
 
 # ------------------------------------------------------------------------------ packing
@@ -60,7 +63,7 @@ def test_gpu_text_compresses_runs():
 
 # ------------------------------------------------------------------------------ the run's roles
 def test_flux_on_one_node_places_learners_first_and_reports_the_rest():
-    cfg = resolve(["flux", "mixgrpo"], [])
+    cfg = resolve(["flux", "flux_disaggregated", "mixgrpo"], [])
     rows, actors = planned_rows(cfg, Target.uniform(1, 8, 80.0))
     by_role = {r["role"]: r for r in rows}
     assert list(by_role) == ["rollout", "reward/hps", "reward/pickscore", "reward/imagereward", "learner"]
@@ -68,6 +71,20 @@ def test_flux_on_one_node_places_learners_first_and_reports_the_rest():
     assert by_role["rollout"]["placement"] == "none" and "1 of 1 not placed" in by_role["rollout"]["error"]
     assert by_role["learner"]["dtype"] == "bf16 autocast, fp32 master weights"
     assert sum(len(a.gpus) for a in actors) == 8
+
+
+def test_colocated_flux_fits_one_8_gpu_node_with_the_rewards_beside_the_workers():
+    cfg = resolve(["flux", "mixgrpo"], [])
+    assert cfg.run.placement == "colocated"
+    rows, actors = planned_rows(cfg, Target.uniform(1, 8, 80.0))
+    by_role = {r["role"]: r for r in rows}
+    assert list(by_role) == ["reward/hps", "reward/pickscore", "reward/imagereward", "hybrid"]
+    assert by_role["hybrid"]["placement"] == "node 0 GPU 0-7" and by_role["hybrid"]["count"] == 8
+    assert not any(r.get("error") for r in rows)
+    reward_gpus = {a.gpus[0] for a in actors if a.role.startswith("reward/")}
+    assert len(reward_gpus) == 3 and reward_gpus <= {(0, g) for g in range(8)}  # 0.1 beside a worker's 0.9
+    loads = [m for node in gpu_loads(actors, Target.uniform(1, 8, 80.0)) for m in node]
+    assert max(loads) <= 0.9 * 80 and len({g for a in actors for g in a.gpus}) == 8
 
 
 # ------------------------------------------------------------------------------ the command
@@ -92,6 +109,15 @@ def test_flux_dry_run_on_one_8_gpu_node_says_it_does_not_fit(no_ray, capsys):
     assert lines[-1] == ("The target (1 node x 8 GPUs of 80 GB): the run does NOT fit: it asks for 12 GPUs in total "
                          "and the target has 8; 2 such nodes would hold it (--nodes), or use fewer GPU actors")
     assert cap.err.strip() == f"mixgrpo-ray train: error: {lines[-1]}"
+    assert list(no_ray.iterdir()) == []
+
+
+def test_colocated_flux_dry_run_on_one_8_gpu_node_fits(no_ray, capsys):
+    assert train_cli.main(["--dry-run", *FLUX_COLOCATED, "--gpus-per-node", "8"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines[:-1]] == ["reward/hps", "reward/pickscore", "reward/imagereward", "hybrid"]
+    assert "sampling on the copy" in lines[-2]
+    assert lines[-1].startswith("The target (1 node x 8 GPUs of 80 GB): the run fits: 8 of 8 GPUs used")
     assert list(no_ray.iterdir()) == []
 
 

@@ -85,17 +85,19 @@ def load_transformer(path: str, dtype: torch.dtype) -> torch.nn.Module:
 
 
 def load_components(path: str, transformer_dtype: torch.dtype, frozen_dtype: torch.dtype, *,
-                    frozen: bool = True) -> FluxComponents:
-    """The components of ``path`` on CPU: the transformer in ``transformer_dtype``; with
-    ``frozen`` (rollout actors, evaluation) also the VAE and the text encoders in ``frozen_dtype``,
-    without it (learners) only their configs (no weights are read)."""
+                    frozen: bool = True, transformer: Optional[torch.nn.Module] = None) -> FluxComponents:
+    """The components of ``path`` on CPU: the transformer in ``transformer_dtype`` (or the given
+    ``transformer``, which is not read again: a colocated worker samples with its training
+    module); with ``frozen`` (rollout actors, evaluation) also the VAE and the text encoders in
+    ``frozen_dtype``, without it (learners) only their configs (no weights are read)."""
     from diffusers import AutoencoderKL
     from diffusers.configuration_utils import FrozenDict
     from transformers import AutoConfig, CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
     if is_local(path):
         path = _check_folder(path)
-    transformer = load_transformer(path, transformer_dtype)
+    if transformer is None:
+        transformer = load_transformer(path, transformer_dtype)
     if not frozen:
         return FluxComponents(
             transformer=transformer,

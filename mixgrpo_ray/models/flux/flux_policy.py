@@ -104,23 +104,28 @@ class FluxPolicy(Policy):
     # ---------------------------------------------------------------- construction
     @classmethod
     def from_model_config(
-        cls, model: ModelConfig, device: torch.device | str = "cpu", trainable: bool = True
+        cls, model: ModelConfig, device: torch.device | str = "cpu", trainable: bool = True,
+        denoiser: Optional[torch.nn.Module] = None,
     ) -> "FluxPolicy":
         """Load the FLUX components ``model.path`` names (a FluxPipeline folder or hub id) onto
         ``device``. ``trainable=True`` (learner): fp32 master weights for what trains (the whole
         transformer, or the LoRA adapters when ``model.lora_rank > 0``) and gradient
         checkpointing when configured, and neither text encoders nor VAE (the learner conditions on
         the embeddings the trajectory carries); ``trainable=False`` (rollout): every component, all
-        weights in the compute dtype, nothing requires grad."""
+        weights in the compute dtype, nothing requires grad. ``denoiser`` (with ``trainable=False``):
+        sample with this transformer (a learner's, adapters and all) instead of loading one."""
         device = torch.device(device)
         dtype = flux_loading.compute_dtype(model.dtype, device)
         path = model.path or flux_loading.DEFAULT_FLUX_MODEL
         lora = model.lora_rank > 0
         master = torch.float32 if trainable and not lora else dtype
-        c = flux_loading.load_components(path, transformer_dtype=master, frozen_dtype=dtype, frozen=not trainable)
+        c = flux_loading.load_components(path, transformer_dtype=master, frozen_dtype=dtype, frozen=not trainable,
+                                         transformer=denoiser)
         flux_loading.check_compatible(c)
         transformer = c.transformer
-        if lora:
+        if denoiser is not None:  # shared with its learner: left as the learner set it up
+            pass
+        elif lora:
             flux_lora.add_lora(transformer, model.lora_rank, model.lora_alpha)
             for _, p in flux_lora.lora_parameters(transformer):
                 p.data = p.data.to(torch.float32 if trainable else dtype)
@@ -140,6 +145,7 @@ class FluxPolicy(Policy):
             height=model.height, width=model.width, guidance=model.guidance, compute_dtype=dtype,
             timestep_decimals=getattr(model, "timestep_decimals", None),
         )
+        policy.shared_denoiser = denoiser is not None
         return policy.to(device)
 
     def base_view(self) -> "FluxPolicy":
@@ -176,7 +182,11 @@ class FluxPolicy(Policy):
 
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
         self._frozen_parts("encode_prompts called", self.prompts)
-        return self.prompts.encode(prompts, device=self._device)
+        with self.frozen_on_device(self.prompts):
+            return self.prompts.encode(prompts, device=self._device)
+
+    def frozen_parts(self) -> list:
+        return [p for p in (self.prompts, self.vae) if p is not None]
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.latent_shape():
@@ -208,10 +218,11 @@ class FluxPolicy(Policy):
         shift = float(getattr(cfg, "shift_factor", None) or 0.0)
         latents = self.unpack(x.to(self._device, torch.float32)) / float(cfg.scaling_factor) + shift
         images = []
-        for i in range(0, latents.shape[0], self.decode_batch_size):
-            chunk = latents[i : i + self.decode_batch_size].to(self.vae.dtype)
-            out = self.vae.decode(chunk, return_dict=False)[0]
-            images.append((out.float() / 2 + 0.5).clamp(0.0, 1.0).cpu())
+        with self.frozen_on_device(self.vae):
+            for i in range(0, latents.shape[0], self.decode_batch_size):
+                chunk = latents[i : i + self.decode_batch_size].to(self.vae.dtype)
+                out = self.vae.decode(chunk, return_dict=False)[0]
+                images.append((out.float() / 2 + 0.5).clamp(0.0, 1.0).cpu())
         return torch.cat(images)
 
     def latent_shape(self) -> tuple[int, ...]:
@@ -260,7 +271,8 @@ class FluxPolicy(Policy):
 
     def to(self, device: torch.device | str) -> "FluxPolicy":
         self._device = torch.device(device)
-        self.transformer.to(self._device)
+        if not self.shared_denoiser:  # a learner's module stays where its sharding put it
+            self.transformer.to(self._device)
         if self.vae is not None:
             self.vae.to(self._device)
         if self.prompts is not None:

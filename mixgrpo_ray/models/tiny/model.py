@@ -265,8 +265,11 @@ class TinyPolicy(Policy):
         hidden, pooled = self._text_encoder()(self.tokenize(prompts).to(self._device))
         return {"encoder_hidden_states": hidden, "pooled_projections": pooled}
 
+    def frozen_parts(self) -> list:
+        return [self.text_encoder] if self.text_encoder is not None else []
+
     def encode_prompts(self, prompts: Sequence[str]) -> Cond:
-        with torch.no_grad():
+        with torch.no_grad(), self.frozen_on_device(self.text_encoder):
             cond = self.encode_with_grad(prompts)
         return {k: v.float() for k, v in cond.items()}
 
@@ -323,7 +326,8 @@ class TinyPolicy(Policy):
         self._device = torch.device(device)
         if self.text_encoder is not None:
             self.text_encoder.to(self._device)
-        self.transformer.to(self._device)
+        if not self.shared_denoiser:  # a learner's module stays where its sharding put it
+            self.transformer.to(self._device)
         self._img_ids = self._img_ids.to(self._device)
         self._txt_ids = self._txt_ids.to(self._device)
         return self
