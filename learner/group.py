@@ -114,6 +114,13 @@ class LearnerGroup(ActorGroup):
         except GroupCallFailed as exc:
             if not actor_died(exc.error):
                 raise exc.error from None
+            # a rank's call can fail because another rank died (it needed that rank's trajectory
+            # rows): when the rank that failed is alive, name the one that is not
+            probe = get_each([self.actors[exc.index].version.remote()], timeout_s=5)[0]
+            if not (isinstance(probe, BaseException) and actor_died(probe)):
+                found = self.failure(exc.error)
+                if isinstance(found, LearnerFailed):
+                    raise found from exc.error
             raise LearnerFailed(f"learner {actor_name(self.role, exc.index)} failed: {describe(exc.error)}") from exc.error
 
     def failure(self, error: BaseException) -> BaseException:

@@ -13,7 +13,8 @@ from mixgrpo_ray.config import required_resources, resolve
 from repo_paths import ROOT
 
 DEPLOY = ROOT / "deploy"
-FLUX_CONFIGS = ["flux", "mixgrpo", str(DEPLOY / "flux_paths.yaml")]
+#: the deploy files' clusters give every role its own node group: the flux preset disaggregated
+FLUX_CONFIGS = ["flux", "flux_disaggregated", "mixgrpo", str(DEPLOY / "flux_paths.yaml")]
 ROLE_RESOURCES = {"rollout_gpu", "reward_gpu", "learner_gpu"}
 IMAGE_ROOT = "/home/ray/mixgrpo/"  # where deploy/Dockerfile puts the repository
 
@@ -76,8 +77,10 @@ def test_every_yaml_in_deploy_parses():
 
 def test_flux_paths_overlay_resolves_onto_the_flux_preset_and_points_at_shared_storage():
     cfg = resolve(FLUX_CONFIGS)
-    base = resolve(["flux", "mixgrpo"])
+    base = resolve(FLUX_CONFIGS[:-1])  # the overlay changes paths only, not what the actors ask for
     assert required_resources(cfg) == required_resources(base)
+    colocated = resolve(["flux", "mixgrpo", str(DEPLOY / "flux_paths.yaml")])  # also onto the preset as it ships
+    assert colocated.model.path == cfg.model.path and colocated.run.placement == "colocated"
     overlay = load("flux_paths.yaml")
     paths = [cfg.model.path, cfg.run.output_dir]
     paths += [v for name in overlay["rewards"] for v in cfg.rewards[name].options.values() if isinstance(v, str) and "/" in v]

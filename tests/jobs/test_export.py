@@ -33,7 +33,7 @@ def flux_overrides(pipe_dir, lora_rank=0, lora_alpha=0.0):
     return [f"model.path={pipe_dir}", f"model.height={IMAGE_SIZE}", f"model.width={IMAGE_SIZE}",
             f"model.max_sequence_length={SEQ}", f"model.lora_rank={lora_rank}", f"model.lora_alpha={lora_alpha}",
             "model.gradient_checkpointing=false", f"sampling.num_steps={STEPS}", "window.size=2",
-            "learner.strategy=replicate", "learner.num_workers=1"]  # one CPU learner, full or LoRA
+            "learner.strategy=replicate", "learner.num_workers=1", "rollout.num_workers=1"]  # one CPU worker, full or LoRA
 
 
 def policy_images(policy):

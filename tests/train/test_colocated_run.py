@@ -85,36 +85,48 @@ def test_colocated_fsdp_equals_disaggregated_sampling_either_way(local_ray, tmp_
     assert all(b > 0 for b in copied) if weights == "copy" else all(b == 0 for b in copied)
 
 
-def test_resumed_colocated_run_equals_an_uninterrupted_one(local_ray, tmp_path_factory):
+def test_a_lost_hybrid_worker_stops_the_run_and_the_resumed_run_equals_an_uninterrupted_one(local_ray, tmp_path_factory):
+    """The workers are ``mixgrpo/hybrid/<i>`` (no rollout or learner actors). A worker whose
+    process dies is a lost learner rank: its sampling call is not moved to the other worker; the
+    run stops in one line naming it, with the last checkpoint and the resume command; resumed, it
+    gives the iterations of an uninterrupted run."""
+    import signal
+    import threading
+    import time
+
+    from mixgrpo_ray.common import checkpoint as ckpt
+    from mixgrpo_ray.train.recovery import RunStopped
+
     extra = COLOCATED + FSDP + ["rollout.colocated_weights=copy"]
     whole = _metrics(tmp_path_factory, extra)
     out = tmp_path_factory.mktemp("resume")
-    part = resolve(None, BASE + extra + ["run.iterations=3", "run.checkpoint_every=3", f"run.output_dir={out}",
-                                         "run.name=part"])
-    assert run(part) == 0
-    assert run(resolve([str(out / "part" / "config.yaml")], ["run.iterations=5"]), resume=str(out / "part")) == 0
+    part = resolve(None, BASE + extra + ["run.checkpoint_every=3", f"run.output_dir={out}", "run.name=part"])
+    seen: dict = {}
+
+    def kill_after_the_checkpoint():
+        while not (out / "part" / "checkpoints" / ckpt.checkpoint_name(3)).is_dir():
+            time.sleep(0.01)
+        seen["hybrid"] = [ray.get_actor(f"mixgrpo/hybrid/{i}", namespace="mixgrpo") is not None for i in range(2)]
+        for gone in ("mixgrpo/rollout/0", "mixgrpo/learner/0"):
+            try:
+                ray.get_actor(gone, namespace="mixgrpo")
+                seen[gone] = True
+            except ValueError:
+                seen[gone] = False
+        worker = ray.get_actor("mixgrpo/hybrid/1", namespace="mixgrpo")
+        os.kill(ray.get(worker.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
+        seen["killed_at"] = time.monotonic()
+
+    threading.Thread(target=kill_after_the_checkpoint, daemon=True).start()
+    with pytest.raises(RunStopped, match=r"mixgrpo/hybrid/1 failed: its process died.*checkpoint is .*iter_000003.*"
+                                         r"--resume"):
+        run(part)
+    assert time.monotonic() - seen["killed_at"] < 60, "the stop was not bounded"
+    assert seen == {"hybrid": [True, True], "mixgrpo/rollout/0": False, "mixgrpo/learner/0": False,
+                    "killed_at": seen["killed_at"]}
+    assert run(resolve([str(out / "part" / "config.yaml")], []), resume=str(out / "part")) == 0
     resumed = [r for r in RunDir(out / "part").read_metrics() if "reward_mean" in r]
-    assert [r["iteration"] for r in resumed] == [1, 2, 3, 4, 5]
-    for ra, rb in zip([r for r in whole if "reward_mean" in r][3:], resumed[3:]):
+    assert [r["iteration"] for r in resumed][-2:] == [4, 5]
+    for ra, rb in zip([r for r in whole if "reward_mean" in r][3:], resumed[-2:]):
         for key in KEYS:
             assert rb[key] == pytest.approx(ra[key], abs=1e-6, rel=0), (ra["iteration"], key)
-
-
-def test_hybrid_workers_are_named_and_are_the_only_training_actors(local_ray, tmp_path):
-    from mixgrpo_ray.train.driver import Driver
-    from mixgrpo_ray.train.run_dir import RunDir as Dir
-
-    cfg = resolve(None, BASE + COLOCATED + ["run.log_rollouts=false", f"run.output_dir={tmp_path}"])
-    driver = Driver(cfg, Dir(tmp_path / "named"))
-    try:
-        for i in range(2):
-            assert ray.get_actor(f"mixgrpo/hybrid/{i}", namespace="mixgrpo") is not None
-        for gone in ("mixgrpo/rollout/0", "mixgrpo/learner/0"):
-            with pytest.raises(ValueError):
-                ray.get_actor(gone, namespace="mixgrpo")
-        assert len(driver.actors()) == 2 + 2  # two hybrid workers, two reward replicas: none counted twice
-        row = driver.run_iteration()
-        assert row["weight_version"] == 1 and row["sync/bytes"] == 0 and 0 <= row["train/moved_samples"] <= SAMPLES
-        assert set(row["rollout_versions"]) == {0}
-    finally:
-        driver.shutdown()
