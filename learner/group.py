@@ -70,7 +70,8 @@ class LearnerGroup(ActorGroup):
 
     def train(self, trajectory_refs: list, advantages: torch.Tensor, iteration: int,
               sizes: Optional[Sequence[int]] = None) -> dict:
-        """Run the iteration's updates on all ranks; returns rank 0's statistics.
+        """Run the iteration's updates on all ranks; returns the statistics of the whole updates
+        (every rank reports the same: :meth:`GRPOTrainer.train_updates` reduces them over ranks).
 
         ``trajectory_refs``: one ObjectRef per rollout call, ``sizes`` its rows (samples in order:
         the calls' rows concatenated; may be left out for a single call). Each rank receives only

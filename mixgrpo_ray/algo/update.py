@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
+import torch.distributed as dist
 
 from mixgrpo_ray.config import OptimConfig
 from mixgrpo_ray.algo.sharding import all_reduce_int, all_reduce_mean, to_float
@@ -100,6 +101,10 @@ def rank_shares(plan: Sequence[Sequence[Sequence[int]]], call_sizes: Sequence[in
     return shares
 
 
+#: the training statistics a rank computes on its share of an update, reported for the whole update
+OVER_RANKS = ("loss", "ratio_mean", "ratio_min", "ratio_max", "clip_fraction", "approx_kl", "importance_weight_mean")
+
+
 class GRPOTrainer:
     """Holds one rank's policy and optimiser and applies GRPO updates."""
 
@@ -133,6 +138,30 @@ class GRPOTrainer:
         if self.world_size == 1 or self.sharded:
             return
         all_reduce_mean(self.params, self.world_size, self.reduce_bucket_bytes, self.group)
+
+    def _over_ranks(self, stats: dict[str, float]) -> dict[str, float]:
+        """One update's statistics on this rank's share made the whole update's: every rank
+        trains equally many of its samples, so means are averaged over the ranks that have the
+        statistic and ``*_min`` / ``*_max`` are the minimum / maximum over ranks (the gradient
+        norm is global already). A collective: every rank calls it once per update, with whatever
+        keys it has."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return stats
+        keys = list(OVER_RANKS)
+        dev = self.policy.device if self.policy.device.type == "cuda" else torch.device("cpu")
+        sums = torch.tensor([1.0 if k in stats else 0.0 for k in keys] + [stats.get(k, 0.0) for k in keys],
+                            dtype=torch.float64, device=dev)
+        mins = torch.tensor([stats.get(k, math.inf) for k in keys] + [-stats.get(k, -math.inf) for k in keys],
+                            dtype=torch.float64, device=dev)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=self.group)
+        dist.all_reduce(mins, op=dist.ReduceOp.MIN, group=self.group)
+        n = len(keys)
+        out = {k: v for k, v in stats.items() if k not in keys}
+        for i, k in enumerate(keys):
+            if sums[i] > 0:
+                out[k] = float(mins[i] if k.endswith("_min") else -mins[n + i] if k.endswith("_max")
+                               else sums[n + i] / sums[i])
+        return out
 
     def _sum_over_ranks(self, n: int) -> int:
         if self.world_size == 1 or self.group is None:
@@ -202,7 +231,8 @@ class GRPOTrainer:
         ``trajectory`` and ``advantages``) of its samples in update ``u`` (every rank trains
         equally many, as :func:`update_assignment` deals them).
 
-        Returns averaged statistics; ``first_ratio_*`` are those of the first update, where the
+        Returns averaged statistics of the whole updates (every rank's share together, the same
+        on every rank); ``first_ratio_*`` are those of the first update, where the
         policy still equals the sampling policy (ratio 1 up to numerical noise). A sample whose
         advantage or log-probs are not finite is left out of its update's loss (the mean runs over
         the others); an update whose (all-reduced) gradient is still not finite is skipped,
@@ -261,6 +291,7 @@ class GRPOTrainer:
                 dropped += int(bad.sum())  # only the bad samples were left out of the loss
             else:  # a non-finite gradient: drop this update's samples rather than poison the weights
                 skipped += len(idx) * self.world_size
+            step_stats = self._over_ranks(step_stats)
             step_stats["grad_norm"] = grad_norm
             if u == 0:
                 first = {f"first_{key}": val for key, val in step_stats.items() if key.startswith("ratio")}

@@ -17,7 +17,7 @@ from learner_runs import OPTIM, batches, model_config
 from processes import free_port
 
 def train(rank, world_size, strategy, flux_dir, data, port=0, reduce_bucket_mb=64.0):
-    """Three iterations on one rank; returns (full trainable weights, grad norms)."""
+    """Three iterations on one rank; returns (full trainable weights, each iteration's statistics)."""
     import torch.distributed as dist
 
     torch.manual_seed(0)
@@ -31,7 +31,7 @@ def train(rank, world_size, strategy, flux_dir, data, port=0, reduce_bucket_mb=6
     norms = []
     for it, (traj, adv) in enumerate(data):
         stats = trainer.train_iteration(traj, adv, update_assignment(8, 4, world_size, seed=it))
-        norms.append(stats["grad_norm"])
+        norms.append(dict(stats))
     state = full_tensors(policy.trainable_tensors())
     if dist.is_initialized():
         dist.barrier()  # no rank tears its group down while another still talks to it
@@ -62,7 +62,8 @@ def flux_dir(tmp_path_factory):
 def test_two_fsdp_ranks_equal_one_replicate_rank(model, request, tmp_path):
     fdir = request.getfixturevalue("flux_dir") if model == "flux" else None
     data = batches(fdir)
-    ref_state, ref_norms = train(0, 1, "replicate", fdir, data)
+    ref_state, ref_stats = train(0, 1, "replicate", fdir, data)
+    ref_norms = [st["grad_norm"] for st in ref_stats]
     init = full_tensors(build_policy(model_config(fdir)).trainable_tensors())
     assert any(not torch.equal(ref_state[k], init[k]) for k in init)  # training moved the weights
     assert all(n > OPTIM.max_grad_norm for n in ref_norms)  # clipping was active
@@ -70,7 +71,13 @@ def test_two_fsdp_ranks_equal_one_replicate_rank(model, request, tmp_path):
     if model == "tiny":  # replicate over 2 ranks, gradients all-reduced in many small buckets
         runs.append(spawn_train(tmp_path, 2, "replicate", fdir, data, bucket=0.01))
     for run in runs:
-        assert run["norms"] == pytest.approx(ref_norms, rel=1e-4)
+        assert [st["grad_norm"] for st in run["norms"]] == pytest.approx(ref_norms, rel=1e-4)
+        # every statistic is the whole update's (rank 0 reports both ranks' shares), as one rank's
+        for got, want in zip(run["norms"], ref_stats):
+            assert set(got) == set(want)
+            for key in ("loss", "ratio_mean", "ratio_min", "ratio_max", "approx_kl", "first_ratio_mean",
+                        "first_ratio_min", "first_ratio_max", "clip_fraction", "updates", "nonfinite_samples"):
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), key
         assert set(run["state"]) == set(ref_state)
         for k, v in ref_state.items():
             torch.testing.assert_close(run["state"][k], v, atol=2e-5, rtol=1e-4)

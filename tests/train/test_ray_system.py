@@ -97,6 +97,10 @@ def test_two_learners_equal_one_learner(local_ray):
         for rank, ids in enumerate(fetched):
             assert ids == {calls[i].hex() for per_rank in plan for i in per_rank[rank]}
         assert stats1["updates"] == stats2["updates"] == 2
+        # every statistic is the whole update's, not rank 0's share
+        for key in ("loss", "ratio_mean", "ratio_min", "ratio_max", "clip_fraction", "approx_kl", "grad_norm",
+                    "first_ratio_mean", "first_ratio_min", "first_ratio_max"):
+            assert stats2[key] == pytest.approx(stats1[key], rel=1e-4, abs=1e-7), key
         moved = False
         init = TinyPolicy(seed=0).trainable_state_dict()
         for k in state1:
