@@ -198,19 +198,25 @@ class RolloutWorkers(ActorGroup):
         """Evaluation images of every (prompt, seed) pair, spread evenly over the live actors in
         calls of at most ``eval_batch_size`` images (in order): ``(prompts, images)`` per call,
         ``images`` mapping each of :attr:`inputs` to an ObjectRef as in :meth:`submit`."""
+        return [self.submit_eval(self.actors[self.actor_for(c)], chunk)
+                for c, chunks in enumerate(self.eval_chunks(prompts, seeds)) for chunk in chunks]
+
+    def eval_chunks(self, prompts: list[str], seeds: list[int]) -> list[list[list[tuple[str, int]]]]:
+        """The (prompt, seed) pairs spread evenly over the live actors (in order), each actor's
+        share cut into calls of at most ``eval_batch_size`` images."""
+        shares = split_evenly(list(zip(prompts, seeds)), len(self.live))
+        return [[share[i : i + self.eval_batch_size] for i in range(0, len(share), self.eval_batch_size)]
+                for share in shares]
+
+    def submit_eval(self, actor, chunk: list[tuple[str, int]]) -> tuple[list[str], dict]:
+        """Start one evaluation call of ``chunk`` on ``actor``: ``(prompts, images)`` as in
+        :meth:`sample_eval`."""
         inputs = list(self.inputs)
-        pairs = list(zip(prompts, seeds))
-        out = []
-        for c, share in enumerate(split_evenly(pairs, len(self.live))):
-            actor = self.actors[self.actor_for(c)]
-            for start in range(0, len(share), self.eval_batch_size):
-                chunk = share[start : start + self.eval_batch_size]
-                ps = [p for p, _ in chunk]
-                refs = actor.sample_eval.options(num_returns=len(inputs)).remote(
-                    ps, [s for _, s in chunk], self.version, self.weights, inputs)
-                refs = refs if len(inputs) > 1 else [refs]  # Ray returns one ref itself for num_returns=1
-                out.append((ps, dict(zip(inputs, refs))))
-        return out
+        ps = [p for p, _ in chunk]
+        refs = actor.sample_eval.options(num_returns=len(inputs)).remote(
+            ps, [s for _, s in chunk], self.version, self.weights, inputs)
+        refs = refs if len(inputs) > 1 else [refs]  # Ray returns one ref itself for num_returns=1
+        return ps, dict(zip(inputs, refs))
 
     def grid_png(self, prompts: list[str], seed: int, title: str) -> bytes:
         actor = self.actors[self.actor_for(0)]

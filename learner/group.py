@@ -99,7 +99,7 @@ class LearnerGroup(ActorGroup):
         return [refs[c] for c in share.calls], share.rows
 
     def annotate(self, stats: dict, shares: list) -> dict:
-        """Rank 0's training statistics, plus what the group adds to them."""
+        """The updates' training statistics, plus what the group adds to them."""
         return stats
 
     def get_together(self, method: str, *args) -> list:
@@ -161,7 +161,6 @@ class HybridGroup(LearnerGroup):
         from mixgrpo_ray.learner.hybrid_worker import HybridWorker
 
         self.worker_class = HybridWorker
-        self.weights_way = weights
         self.lockstep = weights == "module" and learner.strategy == "fsdp"  # sampling forwards are collectives
         super().__init__(model, optim, clip_range, learner, seed, max_importance_weight,
                          extra_args=(sampling, grpo, rollout, weights, eval_batch))

@@ -27,7 +27,7 @@ from typing import Sequence
 import ray
 import torch
 
-from mixgrpo_ray.algo.sharding import full_tensors, is_dtensor
+from mixgrpo_ray.algo.sharding import is_dtensor
 from mixgrpo_ray.cluster import metrics as ray_metrics
 from mixgrpo_ray.cluster.sampling_endpoints import SamplingEndpoints
 from mixgrpo_ray.config import GRPOConfig, LearnerConfig, ModelConfig, OptimConfig, RolloutConfig, SamplingConfig
@@ -38,9 +38,9 @@ from mixgrpo_ray.models.build import build_sampler, eval_batch_size
 
 @dataclass(frozen=True)
 class LocalTrajectory:
-    """Where a sampling call's trajectory stayed: on hybrid worker ``worker``, under ``key``."""
+    """A sampling call's trajectory, kept on the hybrid worker that sampled it under ``key`` (the
+    call's seed; which worker holds it follows from the call, see ``HybridGroup.holder``)."""
 
-    worker: int
     key: int
 
 
@@ -92,7 +92,7 @@ class HybridWorker(LearnerWorker, SamplingEndpoints):
 
     def _hand_out(self, trajectory: Trajectory, seed: int) -> LocalTrajectory:
         self.kept[int(seed)] = trajectory
-        return LocalTrajectory(self.rank, int(seed))
+        return LocalTrajectory(int(seed))
 
     def rows_of(self, where: LocalTrajectory, rows: Sequence[int]) -> Trajectory:
         """Rows ``rows`` of a trajectory kept here, for the rank the update plan gives them to."""
@@ -117,7 +117,3 @@ class HybridWorker(LearnerWorker, SamplingEndpoints):
         copied = self._refresh_copy() if self.weights_way == "copy" else 0
         self._sampling_metrics.version(self.weight_version)
         return self.weight_version, copied
-
-    def trained_state(self) -> dict[str, torch.Tensor]:
-        """The weights this worker samples with, as whole CPU copies (a collective under fsdp)."""
-        return full_tensors(self.sampler.trainable_tensors())

@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import ray
 
-from mixgrpo_ray.actors.rollout_workers import RolloutWorkers, split_evenly
+from mixgrpo_ray.actors.rollout_workers import RolloutWorkers
 from mixgrpo_ray.cluster.retry import actor_died
 from mixgrpo_ray.cluster.sampling_endpoints import grid_seeds
 from mixgrpo_ray.config import Config
@@ -73,21 +73,13 @@ class HybridRollout(RolloutWorkers):
     def sample_eval(self, prompts: list[str], seeds: list[int]) -> list[tuple[list[str], dict]]:
         if not self.lockstep:
             return super().sample_eval(prompts, seeds)
-        inputs = list(self.inputs)
-        shares = split_evenly(list(zip(prompts, seeds)), len(self.actors))
-        chunks = [[share[i : i + self.eval_batch_size] for i in range(0, len(share), self.eval_batch_size)]
-                  for share in shares]
+        chunks = self.eval_chunks(prompts, seeds)
         chunks += [[] for _ in range(len(self.actors) - len(chunks))]
-        rounds = max(len(c) for c in chunks)
         out = []
-        for r in range(rounds):
+        for r in range(max(len(c) for c in chunks)):
             for actor, mine in zip(self.actors, chunks):
                 if r < len(mine):
-                    ps = [p for p, _ in mine[r]]
-                    refs = actor.sample_eval.options(num_returns=len(inputs)).remote(
-                        ps, [s for _, s in mine[r]], self.version, self.weights, inputs)
-                    refs = refs if len(inputs) > 1 else [refs]
-                    out.append((ps, dict(zip(inputs, refs))))
+                    out.append(self.submit_eval(actor, mine[r]))
                 else:  # the same forwards, nothing kept
                     actor.sample_eval.remote(prompts[:1], seeds[:1], self.version, self.weights, None, keep=False)
         return out
