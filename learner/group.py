@@ -26,7 +26,11 @@ from mixgrpo_ray.learner.worker import LearnerWorker
 
 
 class LearnerFailed(RuntimeError):
-    """A learner rank's process died; the group cannot go on."""
+    """A learner rank's process died; the group cannot go on. ``actor``: the rank's name."""
+
+    def __init__(self, message: str, actor: str = "") -> None:
+        super().__init__(message)
+        self.actor = actor
 
 
 class LearnerGroup(ActorGroup):
@@ -122,7 +126,8 @@ class LearnerGroup(ActorGroup):
                 found = self.failure(exc.error)
                 if isinstance(found, LearnerFailed):
                     raise found from exc.error
-            raise LearnerFailed(f"learner {actor_name(self.role, exc.index)} failed: {describe(exc.error)}") from exc.error
+            name = actor_name(self.role, exc.index)
+            raise LearnerFailed(f"learner {name} failed: {describe(exc.error)}", name) from exc.error
 
     def failure(self, error: BaseException) -> BaseException:
         """What a call that involved the learners (e.g. a weight sync) failing with ``error``
@@ -132,7 +137,8 @@ class LearnerGroup(ActorGroup):
         states = get_each([a.version.remote() for a in self.actors], timeout_s=30)
         for rank, st in enumerate(states):
             if isinstance(st, BaseException) and actor_died(st):
-                return LearnerFailed(f"learner {actor_name(self.role, rank)} failed: {describe(st)}")
+                name = actor_name(self.role, rank)
+                return LearnerFailed(f"learner {name} failed: {describe(st)}", name)
         return error
 
     def save_checkpoint(self, directory: str) -> None:

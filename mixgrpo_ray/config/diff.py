@@ -15,7 +15,7 @@ from mixgrpo_ray.config.errors import ConfigError
 RESUMABLE = (
     "run.iterations", "run.progress", "run.log_rollouts", "run.grid_every", "run.grid_prompts", "run.eval_every",
     "run.checkpoint_every", "run.checkpoint_every_s", "run.keep_checkpoints",
-    "rollout.num_workers", "rollout.max_restarts", "learner.num_workers", "rewards.*.replicas",
+    "rollout.num_workers", "rollout.max_restarts", "learner.num_workers", "learner.max_restarts", "rewards.*.replicas",
     # where the roles run: a colocated run computes what a disaggregated one does
     "run.placement", "rollout.colocated_weights", "rollout.offload_encoders",
     "rewards.*.max_restarts", "rewards.*.timeout_s", "rewards.*.max_down_s",

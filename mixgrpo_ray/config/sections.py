@@ -242,6 +242,9 @@ class LearnerConfig(ActorResources):
     placement_timeout_s: Float = Field(300.0, gt=0)  # how long the learner ranks' placement group may wait
     # how long the ranks may take to form their process group (and the bound on any later collective)
     init_timeout_s: Float = Field(600.0, gt=0)
+    # a rank (colocated: a hybrid worker) that dies: the whole group is re-formed in the run, from its
+    # last complete checkpoint, and the iterations since are redone; this many times, then the run stops
+    max_restarts: Int = Field(3, ge=0)
 
     @model_validator(mode="after")
     def _nccl_needs_gpus(self) -> "LearnerConfig":

@@ -34,7 +34,7 @@ from mixgrpo_ray.rewards.server import RewardPools
 from mixgrpo_ray.train.colocation import colocated_roles
 from mixgrpo_ray.train.faults import FaultLog
 from mixgrpo_ray.train.metric_rows import eval_row, iteration_row, rollout_columns
-from mixgrpo_ray.train.recovery import check_finite, check_finite_loss, collect_rollouts, stop_cleanly
+from mixgrpo_ray.train.recovery import GroupReformed, check_finite, check_finite_loss, collect_rollouts, stop_cleanly
 from mixgrpo_ray.train.run_dir import RunDir
 from mixgrpo_ray.train.timing import PhaseTimer
 
@@ -84,6 +84,9 @@ class Driver:
         self.timer = PhaseTimer()
         self.faults = FaultLog()
         self.checkpointed_at = time.monotonic()
+        # where a re-formed learner group starts when no checkpoint was written yet (train/recovery.py)
+        self.initial_state = {"window": self.window.state_dict(), "sampler": self.sampler.state_dict()}
+        self.learner_restarts = 0  # re-formings of the learner group so far (learner.max_restarts)
         self.rollout: Optional[RolloutWorkers] = None
         self.rewards: Optional[RewardPools] = None
         self.learners: Optional[LearnerGroup] = None
@@ -91,20 +94,28 @@ class Driver:
             self.rewards = RewardPools(cfg.rewards)
             # learned once from the reward servers: rollout actors send each pool images resized
             # as its model needs them (full resolution only where one needs it)
-            inputs = self.rewards.inputs()
-            if cfg.run.placement == "colocated":  # hybrid workers: one set of actors plays both roles
-                self.learners, self.rollout, self.weight_sync = colocated_roles(cfg, inputs)
-            else:
+            self.inputs = self.rewards.inputs()
+            if cfg.run.placement != "colocated":
                 self.rollout = RolloutWorkers(cfg.model, cfg.sampling, cfg.grpo, cfg.rollout, cfg.run.seed,
-                                              cfg.data.eval_batch_size, inputs=inputs)
-                self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
-                                             max_importance_weight=cfg.grpo.max_importance_weight)
-                self.weight_sync = WeightSync(self.learners.actors, self.rollout.actors,
-                                              cfg.learner.sync_transport, sync_backend(cfg))
+                                              cfg.data.eval_batch_size, inputs=self.inputs)
+            self.start_learners()
         except BaseException:
             self.shutdown()  # leave no half-started run behind
             raise
         self.metrics = ray_metrics.DriverMetrics()
+
+    def start_learners(self) -> None:
+        """Start the learner group and the weight sync to the live rollout actors; colocated, the
+        hybrid workers, which are the rollout group too (at the start, and when a lost group is
+        re-formed: :func:`mixgrpo_ray.train.recovery.reform`)."""
+        cfg = self.cfg
+        if cfg.run.placement == "colocated":  # hybrid workers: one set of actors plays both roles
+            self.learners, self.rollout, self.weight_sync = colocated_roles(cfg, self.inputs)
+            return
+        self.learners = LearnerGroup(cfg.model, cfg.optim, cfg.grpo.clip_range, cfg.learner, cfg.run.seed,
+                                     max_importance_weight=cfg.grpo.max_importance_weight)
+        self.weight_sync = WeightSync(self.learners.actors, [self.rollout.actors[i] for i in self.rollout.live],
+                                      cfg.learner.sync_transport, sync_backend(cfg))
 
     # ------------------------------------------------------------------------------------------
     # The five phases of an iteration
@@ -221,18 +232,22 @@ class Driver:
         r = self.cfg.run
         self.last_iteration = iterations
         while self.iteration < iterations:
-            with stop_cleanly(self):
-                row = self.run_iteration()
-            it = self.iteration
-            if r.eval_every and it % r.eval_every == 0 and it < iterations:
-                row.update(self.evaluate())
-            if r.grid_every and it % r.grid_every == 0:
-                self.grid(ckpt.checkpoint_name(it))
-            self.run_dir.append_metrics(row)
-            self.metrics.record(row)
-            if self.checkpoint_due():
-                with stop_cleanly(self):  # a learner rank that dies while saving stops the run cleanly
-                    self.checkpoint()
+            try:
+                # a learner rank (colocated: a hybrid worker) that dies in here is healed: the group
+                # is re-formed from the last checkpoint and the loop goes on from there
+                with stop_cleanly(self, heal=True):
+                    row = self.run_iteration()
+                    it = self.iteration
+                    if r.eval_every and it % r.eval_every == 0 and it < iterations:
+                        row.update(self.evaluate())
+                    if r.grid_every and it % r.grid_every == 0:
+                        self.grid(ckpt.checkpoint_name(it))
+                    self.run_dir.append_metrics(row)
+                    self.metrics.record(row)
+                    if self.checkpoint_due():
+                        self.checkpoint()
+            except GroupReformed:
+                continue
             after_iteration(row)
 
     # ------------------------------------------------------------------------------------------
@@ -243,9 +258,8 @@ class Driver:
         standard error per reward (deterministic ODE sampling with the current weights)."""
         seeds = eval_seeds(self.cfg.data.eval_seeds)
         pairs = [(p, s) for s in seeds for p in self.eval_prompts]
-        with stop_cleanly(self):
-            calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
-            scores = self.rewards.gather([self.rewards.submit(images, ps) for ps, images in calls], self.faults.record)
+        calls = self.rollout.sample_eval([p for p, _ in pairs], [s for _, s in pairs])
+        scores = self.rewards.gather([self.rewards.submit(images, ps) for ps, images in calls], self.faults.record)
         return {**eval_row(scores), "eval/images": len(pairs)}
 
     def grid(self, label: str) -> Optional[Path]:
@@ -281,14 +295,22 @@ class Driver:
         self.checkpointed_at = time.monotonic()
         return path
 
-    def restore(self, checkpoint: Path) -> None:
-        ckpt.verify(checkpoint)
-        state = ckpt.read_state(checkpoint)
-        version = self.learners.load_checkpoint(str(checkpoint))
+    def restore(self, checkpoint: Optional[Path]) -> None:
+        """Continue from ``checkpoint`` (the learners load it); ``None``: from the start of the
+        run (the learners as they started, which a new group is). The rollout actors get the
+        weights and the next rollout starts afresh."""
+        self._next = None
+        if checkpoint is None:
+            state, version = {"iteration": 0, "version": 0, **self.initial_state}, self.learners.get_together("version")[0]
+        else:
+            ckpt.verify(checkpoint)
+            state = ckpt.read_state(checkpoint)
+            version = self.learners.load_checkpoint(str(checkpoint))
         if version != state["version"]:
             raise RuntimeError(f"checkpoint {checkpoint} is inconsistent: learner v{version}, driver v{state['version']}")
         self.window.load_state_dict(state["window"])
         self.sampler.load_state_dict(state["sampler"])
+        self.sampler_before = None
         self.iteration = int(state["iteration"])
         self.broadcast(bump=False)
 

@@ -19,6 +19,7 @@ FAULT_KINDS = (
     "reward_timeout",  # a scoring request exceeded rewards.<name>.timeout_s and was retried elsewhere
     "nonfinite_reward",  # scores that were NaN/inf: left out of that reward's group statistics
     "nonfinite_loss",  # samples whose loss was not finite: dropped from the update
+    "learner_restart",  # a learner rank (or hybrid worker) died; the group was re-formed from the last checkpoint
 )
 
 

@@ -3,13 +3,31 @@
 Rollout calls: a call whose actor died is retried by Ray on the restarted actor (the call names its
 weight version and seed, so the redo is bit-identical); when the actor cannot be restarted, the
 call is redone on another live actor with the same prompts and seed, and its scoring requested
-again. Learner ranks: a failed rank stops the run at once (no rank left waiting in a collective),
-with the last complete checkpoint named and the command that resumes it.
+again. Learner ranks: a failed rank stops its group at once (no rank left waiting in a collective);
+in the training loop the group is re-formed from the last complete checkpoint
+(:func:`reform`), elsewhere, or when ``learner.max_restarts`` is used up, the run
+stops with the last complete checkpoint named and the command that resumes it.
+
+Healing a lost learner rank (:func:`reform`): a collective cannot go on without one of its
+ranks, so the whole group is re-formed: the surviving ranks are stopped, a new group is started (new actors in a new placement group, a new
+weight-sync channel to the live rollout actors; colocated, new hybrid workers), it loads the run's
+last complete checkpoint, and the driver rewinds to that checkpoint's iteration: window, prompt
+sampler and weight version from the checkpoint's state, the metrics rows written since dropped,
+the iterations since redone with the same seeds. So the finished run's metrics equal an
+uninterrupted run's, and the work redone is at most ``run.checkpoint_every`` iterations. Before the
+first checkpoint the new group starts from the initial weights and the run from iteration 0 (the
+driver keeps its starting state in memory).
+
+At most ``learner.max_restarts`` times per run (each counted in ``faults/learner_restart``); then,
+or when the new group cannot be placed (the cluster no longer has its resources), or when the
+re-forming itself fails, the run stops: one line naming the
+rank, the last complete checkpoint and the resume command.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Callable, Iterator, Mapping, Optional
 
 import torch
@@ -91,19 +109,63 @@ def check_finite_loss(stats: Mapping[str, float], samples: int, faults: FaultLog
                          "were left unchanged; lower optim.lr or check the model and rewards, then resume")
 
 
+class GroupReformed(Exception):
+    """Raised out of an iteration whose learner group was re-formed: the driver's loop goes on
+    from the iteration :func:`reform` restored."""
+
+
+def reform(driver, failure: LearnerFailed) -> str:
+    """Re-form ``driver``'s learner group after ``failure`` and rewind the run to its last complete
+    checkpoint; returns what was done, in words. Raises ``RuntimeError`` (with the reason) when the
+    new group cannot be started or restored; ``LearnerFailed`` when a rank of the new group dies."""
+    t0 = time.monotonic()
+    driver.learners.shutdown()  # no rank is left waiting in a collective
+    driver.learner_restarts += 1
+    latest = ckpt.latest_checkpoint(driver.run_dir.path)
+    driver.learners = None
+    driver.start_learners()  # colocated: new hybrid workers, so a new rollout view too
+    driver.restore(latest)
+    driver.run_dir.truncate_metrics(driver.iteration)
+    source = f"checkpoint {latest.name}" if latest is not None else "the initial weights (no checkpoint yet)"
+    return (f"the learner group was re-formed from {source} in {time.monotonic() - t0:.1f} s "
+            f"(re-forming {driver.learner_restarts} of learner.max_restarts={driver.cfg.learner.max_restarts}); "
+            f"iterations from {driver.iteration + 1} are redone with the same seeds")
+
+
 @contextlib.contextmanager
-def stop_cleanly(driver) -> Iterator[None]:
+def stop_cleanly(driver, heal: bool = False) -> Iterator[None]:
     """Turn a failure the run cannot go on from into :class:`RunStopped`: a failed learner rank
     (the others are killed, so none waits in a collective) keeps the last complete checkpoint; a
-    reward pool down for ``max_down_s`` first checkpoints the last complete iteration."""
+    reward pool down for ``max_down_s`` first checkpoints the last complete iteration.
+
+    ``heal``: a failed learner rank is healed instead while ``learner.max_restarts`` allows
+    (:func:`reform`): the group is re-formed, the run rewound to its last
+    checkpoint, and :class:`GroupReformed` raised for the loop to go on."""
     resume = f"continue with: mixgrpo-ray train --resume {driver.run_dir.path}"
     try:
         yield
     except LearnerFailed as exc:
-        driver.learners.shutdown()
+        failure: BaseException = exc
+        while heal and isinstance(failure, LearnerFailed) and driver.learner_restarts < driver.cfg.learner.max_restarts:
+            try:
+                done = reform(driver, failure)
+            except LearnerFailed as again:  # a rank of the new group died too: try again
+                driver.faults.record("learner_restart", failure.actor, "its process died; the re-formed group lost "
+                                     "a rank as well")
+                failure = again
+                continue
+            except Exception as why:  # noqa: BLE001 - e.g. the cluster lost the group's resources
+                failure = RuntimeError(f"{failure}; re-forming the learner group failed: {str(why).splitlines()[0]}")
+                break
+            driver.faults.record("learner_restart", failure.actor, f"its process died; {done}")
+            raise GroupReformed(done) from None
+        if driver.learners is not None:
+            driver.learners.shutdown()
         latest = ckpt.latest_checkpoint(driver.run_dir.path)
         where = f"the last complete checkpoint is {latest}" if latest else "no checkpoint was written yet"
-        raise RunStopped(f"{exc}; the run stopped, {where}; {resume}") from None
+        used = (f" (learner.max_restarts={driver.cfg.learner.max_restarts}: no re-forming left)"
+                if heal and isinstance(failure, LearnerFailed) else "")
+        raise RunStopped(f"{failure}; the run stopped{used}, {where}; {resume}") from None
     except RewardPoolDown as exc:
         driver.rewind()
         path = driver.checkpoint()

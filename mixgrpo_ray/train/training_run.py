@@ -8,7 +8,7 @@ from typing import Optional
 
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.config import Config
-from mixgrpo_ray.train.recovery import stop_cleanly
+from mixgrpo_ray.train.recovery import GroupReformed, stop_cleanly
 
 
 def run(cfg: Config, resume: Optional[str] = None) -> int:
@@ -46,9 +46,9 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
             print(f"resumed from {latest} at iteration {driver.iteration}", flush=True)
         else:
             run_dir.truncate_metrics(-1)  # a resumed run without a checkpoint starts over
-            with stop_cleanly(driver):  # a learner rank that dies here stops the run as it would later
+            with stop_cleanly(driver):  # a learner rank that dies before training stops the run
                 driver.broadcast(bump=False)  # every actor starts from identical weights
-            before = driver.evaluate()
+                before = driver.evaluate()
             run_dir.append_metrics({"iteration": 0, **before})
             summary["before"] = before
             driver.grid(ckpt.checkpoint_name(0))
@@ -59,15 +59,20 @@ def run(cfg: Config, resume: Optional[str] = None) -> int:
 
         def progress(row: dict) -> None:
             bar.set_postfix(reward=f"{row['reward_mean']:.3f}", window=row["window_start"], v=row["weight_version"])
-            bar.update(1)
-
-        driver.train_until(total, progress)
-        bar.close()
+            bar.update(row["iteration"] - bar.n)  # back as well as forward: a healed run redoes iterations
 
         every = cfg.run.checkpoint_every
-        if driver.iteration and (not every or driver.iteration % every):
-            driver.checkpoint()
-        after = driver.evaluate()
+        while True:
+            driver.train_until(total, progress)
+            try:  # a learner rank lost while saving or evaluating is healed too: the loop redoes from there
+                with stop_cleanly(driver, heal=True):
+                    if driver.iteration and (not every or driver.iteration % every):
+                        driver.checkpoint()
+                    after = driver.evaluate()
+            except GroupReformed:
+                continue
+            break
+        bar.close()
         run_dir.append_metrics({"iteration": driver.iteration, "final": True, **after})
         summary["after"] = after
         if not (cfg.run.grid_every and driver.iteration % cfg.run.grid_every == 0):

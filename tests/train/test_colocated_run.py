@@ -2,8 +2,8 @@
 rewards, loss and gradient norm as 2 rollout actors + 2 learner ranks with the same seed, under
 replicate and under fsdp, sampling on the training module and on a copy; evaluations and grids
 too (3 held-out prompts in calls of one image: the workers' shares are uneven, so under fsdp the
-worker with fewer images joins the other's forwards). A resumed colocated run equals an
-uninterrupted one. The workers are ``mixgrpo/hybrid/<i>`` and keep their trajectories: only rows
+worker with fewer images joins the other's forwards). A colocated run that loses a worker
+heals and equals an uninterrupted one. The workers are ``mixgrpo/hybrid/<i>`` and keep their trajectories: only rows
 the update plan gives the other rank travel."""
 
 import os
@@ -85,21 +85,20 @@ def test_colocated_fsdp_equals_disaggregated_sampling_either_way(local_ray, tmp_
     assert all(b > 0 for b in copied) if weights == "copy" else all(b == 0 for b in copied)
 
 
-def test_a_lost_hybrid_worker_stops_the_run_and_the_resumed_run_equals_an_uninterrupted_one(local_ray, tmp_path_factory):
+def test_a_lost_hybrid_worker_is_healed_and_the_run_equals_an_uninterrupted_one(local_ray, tmp_path_factory):
     """The workers are ``mixgrpo/hybrid/<i>`` (no rollout or learner actors). A worker whose
     process dies is a lost learner rank: its sampling call is not moved to the other worker; the
-    run stops in one line naming it, with the last checkpoint and the resume command; resumed, it
-    gives the iterations of an uninterrupted run."""
+    run re-forms both workers from its last checkpoint (the path ``--resume`` takes: new actors load
+    the sharded state) and redoes the iterations since, giving an uninterrupted run's metrics."""
     import signal
     import threading
     import time
 
     from mixgrpo_ray.common import checkpoint as ckpt
-    from mixgrpo_ray.train.recovery import RunStopped
 
     extra = COLOCATED + FSDP + ["rollout.colocated_weights=copy"]
     whole = _metrics(tmp_path_factory, extra)
-    out = tmp_path_factory.mktemp("resume")
+    out = tmp_path_factory.mktemp("healed")
     part = resolve(None, BASE + extra + ["run.checkpoint_every=3", f"run.output_dir={out}", "run.name=part"])
     seen: dict = {}
 
@@ -115,18 +114,12 @@ def test_a_lost_hybrid_worker_stops_the_run_and_the_resumed_run_equals_an_uninte
                 seen[gone] = False
         worker = ray.get_actor("mixgrpo/hybrid/1", namespace="mixgrpo")
         os.kill(ray.get(worker.__ray_call__.remote(lambda self: os.getpid())), signal.SIGKILL)
-        seen["killed_at"] = time.monotonic()
+        seen["killed"] = True
 
     threading.Thread(target=kill_after_the_checkpoint, daemon=True).start()
-    with pytest.raises(RunStopped, match=r"mixgrpo/hybrid/1 failed: its process died.*checkpoint is .*iter_000003.*"
-                                         r"--resume"):
-        run(part)
-    assert time.monotonic() - seen["killed_at"] < 60, "the stop was not bounded"
-    assert seen == {"hybrid": [True, True], "mixgrpo/rollout/0": False, "mixgrpo/learner/0": False,
-                    "killed_at": seen["killed_at"]}
-    assert run(resolve([str(out / "part" / "config.yaml")], []), resume=str(out / "part")) == 0
-    resumed = [r for r in RunDir(out / "part").read_metrics() if "reward_mean" in r]
-    assert [r["iteration"] for r in resumed][-2:] == [4, 5]
-    for ra, rb in zip([r for r in whole if "reward_mean" in r][3:], resumed[-2:]):
-        for key in KEYS:
-            assert rb[key] == pytest.approx(ra[key], abs=1e-6, rel=0), (ra["iteration"], key)
+    assert run(part) == 0
+    assert seen == {"hybrid": [True, True], "mixgrpo/rollout/0": False, "mixgrpo/learner/0": False, "killed": True}
+    healed = RunDir(out / "part").read_metrics()
+    assert [r["iteration"] for r in healed if "reward_mean" in r] == [1, 2, 3, 4, 5]
+    assert sum(r["faults/learner_restart"] for r in healed if "reward_mean" in r) == 1
+    _same(whole, healed)
