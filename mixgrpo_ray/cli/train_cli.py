@@ -15,6 +15,7 @@ without Ray.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mixgrpo_ray.config import (
@@ -28,7 +29,7 @@ from mixgrpo_ray.config import (
 from mixgrpo_ray.common.checkpoint import CheckpointError
 from mixgrpo_ray.train.preflight import check_inputs
 from mixgrpo_ray.train.recovery import RunStopped
-from mixgrpo_ray.train.resume import check_checkpoint, resume_config
+from mixgrpo_ray.train.resume import RESTARTED_CHILD, check_checkpoint, resume_config, run_restarting
 from mixgrpo_ray.plan.plan_report import check_learner_fits
 from mixgrpo_ray.train.training_run import run
 
@@ -45,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="preset name or YAML path; repeat to layer (default: tiny)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint; "
                    "'auto': continue run.output_dir/run.name if it exists, else start it (re-submittable jobs)")
+    p.add_argument("--driver-restarts", type=int, default=0, metavar="N",
+                   help="with --resume: run the driver in a child process and, when it dies (killed, or any exit "
+                   "but 0 and 2), run it again up to N times, each continuing from the latest checkpoint "
+                   "(the job-level retry for `ray job submit`)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--dry-run", action="store_true",
                    help="place one light probe actor per role with the role's resources, print each role's device, "
@@ -99,7 +104,21 @@ def connect_ray(cfg: Config):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_intermixed_args(argv)  # flags may come after overrides
+    if args.driver_restarts and not os.environ.get(RESTARTED_CHILD):
+        problem = ""
+        if args.driver_restarts < 0:
+            problem = "--driver-restarts must be >= 0"
+        elif not args.resume:
+            problem = ("--driver-restarts needs --resume auto (with run.name=<name>) or --resume RUN_DIR: a "
+                       "restarted driver continues the run it finds there")
+        elif args.dry_run or args.print_config:
+            problem = "--driver-restarts trains; it does not combine with --dry-run or --print-config"
+        if problem:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+            return 2
+        return run_restarting(argv, args.driver_restarts)
     try:
         target = dry_run_target(args)
         cfg = resolve_config(args)

@@ -65,3 +65,55 @@ def check_checkpoint(run: Optional[str]) -> Optional[Path]:
     if latest is not None:
         ckpt.verify(latest)
     return latest
+
+
+#: set in the environment of a driver that ``train --driver-restarts`` runs (it runs the run itself)
+RESTARTED_CHILD = "MIXGRPO_RAY_SUPERVISED"
+
+
+def describe_exit(rc: int) -> str:
+    if rc < 0:
+        import signal
+
+        try:
+            return f"was killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"was killed by signal {-rc}"
+    return f"exited with code {rc}"
+
+
+def run_restarting(argv: Sequence[str], restarts: int) -> int:
+    """``mixgrpo-ray train argv`` (a command that resumes: ``--resume auto`` or ``RUN_DIR``) in a
+    child process, run again up to ``restarts`` times when it dies: killed by a signal (OOM killer,
+    ``kill -9``), or any exit but 0 (done) and 2 (bad input, which a rerun would not fix). Each
+    rerun continues the run from its latest complete checkpoint. A SIGTERM or SIGINT to this
+    process (``ray job stop``, Ctrl-C) is passed on to the driver and ends it for good. Returns the
+    last exit code (128 + signal for a driver killed by one)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    stopping: list[int] = []
+    child: Optional[subprocess.Popen] = None
+
+    def forward(signum, _frame) -> None:
+        stopping.append(signum)
+        if child is not None and child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for attempt in range(restarts + 1):
+            child = subprocess.Popen([sys.executable, "-m", "mixgrpo_ray.cli", "train", *argv],
+                                     env={**os.environ, RESTARTED_CHILD: "1"})
+            rc = child.wait()
+            if rc in (0, 2) or stopping or attempt == restarts:
+                return rc if rc >= 0 else 128 - rc
+            print(f"mixgrpo-ray train: the driver {describe_exit(rc)}; running it again to continue from the "
+                  f"latest checkpoint (restart {attempt + 1} of --driver-restarts {restarts})", file=sys.stderr,
+                  flush=True)
+        raise AssertionError("unreachable")
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -127,16 +127,24 @@ def rayjob_config():
     """The config the RayJob's entrypoint trains with (image paths mapped to this checkout)."""
     args = shlex.split(load("kuberay/rayjob.yaml")["spec"]["entrypoint"])
     assert args[:2] == ["mixgrpo-ray", "train"], args
-    presets, overrides, rest = [], [], args[2:]
+    presets, overrides, rest, flags = [], [], args[2:], {}
     while rest:
         arg = rest.pop(0)
-        if arg == "--config":
+        if arg in ("--resume", "--driver-restarts"):
+            flags[arg] = rest.pop(0)
+        elif arg == "--config":
             value = rest.pop(0)
             presets.append(str(ROOT / value[len(IMAGE_ROOT):]) if value.startswith(IMAGE_ROOT) else value)
         else:
             assert "=" in arg, f"unexpected entrypoint argument {arg!r}"
             overrides.append(arg)
-    return resolve(presets, overrides)
+    # the job retries itself: a re-run driver (--driver-restarts) and a re-submitted job
+    # (backoffLimit) both continue the same run from its latest checkpoint
+    assert flags.get("--resume") == "auto" and int(flags.get("--driver-restarts", 0)) >= 1, args
+    assert load("kuberay/rayjob.yaml")["spec"].get("backoffLimit", 0) >= 1
+    cfg = resolve(presets, overrides)
+    assert cfg.run.name and cfg.run.output_dir.startswith("/shared/"), "a retry must find the run on shared storage"
+    return cfg
 
 
 @pytest.mark.parametrize("kind", ["raycluster", "rayjob"])

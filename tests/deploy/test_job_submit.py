@@ -53,14 +53,14 @@ def pids_using(temp_dir: str) -> list[int]:
 
 
 def kill_tree(temp_dir: str) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    for sig, wait_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
         pids = pids_using(temp_dir)
         for pid in pids:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 10
+        deadline = time.time() + wait_s
         while pids_using(temp_dir) and time.time() < deadline:
             time.sleep(0.2)
 
@@ -85,11 +85,20 @@ def head_node():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_tiny_run(head_node, tmp_path):
+def driver_pids() -> list[int]:
+    """The processes running a driver that ``train --driver-restarts`` started."""
+    return [pid for pid in pids_using("-m mixgrpo_ray.cli train")]
+
+
+def test_ray_job_submit_tiny_run_whose_driver_is_killed(head_node, tmp_path):
+    """The documented entrypoint (``--resume auto --driver-restarts``) submitted with ``ray job
+    submit``: its driver killed by PID mid-run is run again inside the same job, which continues
+    from the latest checkpoint and succeeds with every iteration logged once."""
     env = head_node["env"]
     out_dir = tmp_path / "runs"
     entry = [
-        "mixgrpo-ray", "train", "model.path=random", "run.iterations=2", "run.checkpoint_every=0",
+        "mixgrpo-ray", "train", "--resume", "auto", "--driver-restarts", "1",
+        "model.path=random", "run.iterations=4", "run.checkpoint_every=2",
         "run.grid_every=0", "run.grid_prompts=0", "run.progress=false", f"run.output_dir={out_dir}",
         "run.name=job", "data.prompts_per_iteration=2", "data.eval_prompts=2", "grpo.group_size=4",
         "optim.samples_per_update=4", "sampling.num_steps=6", "window.size=2", "window.initial_start=0",
@@ -108,6 +117,13 @@ def test_ray_job_submit_tiny_run(head_node, tmp_path):
     client = JobSubmissionClient(head_node["dashboard"])
     job_id = client.list_jobs()[-1].submission_id
     deadline = time.time() + 420
+    while not (out_dir / "job" / "checkpoints" / "iter_000002" / "state.json").exists():
+        assert time.time() < deadline and client.get_job_status(job_id) not in (JobStatus.FAILED, JobStatus.STOPPED), \
+            client.get_job_logs(job_id)[-3000:]
+        time.sleep(0.1)
+    killed = driver_pids()
+    assert len(killed) == 1, killed
+    os.kill(killed[0], signal.SIGKILL)
     status = None
     while time.time() < deadline:
         status = client.get_job_status(job_id)
@@ -117,7 +133,12 @@ def test_ray_job_submit_tiny_run(head_node, tmp_path):
     logs = client.get_job_logs(job_id)
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     assert "held-out rewards" in logs
-    assert (out_dir / "job" / "metrics.jsonl").exists()
+    assert "the driver was killed by SIGKILL; running it again" in logs and "resumed from" in logs, logs[-3000:]
+    import json
+
+    rows = [json.loads(line) for line in (out_dir / "job" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows if "reward_mean" in r] == [1, 2, 3, 4]
+    assert killed[0] not in driver_pids()
 
     from ray.util.state import list_actors
 

@@ -64,49 +64,57 @@ def test_checksums_keep_n_and_no_unpickling(tmp_path):
         ckpt.load_trainer_state(latest)
 
 
-def cli(out, tmpdir, *args, wait=True):
+def cli(out, tmpdir, *args, wait=True, sink=None):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT), "RAY_TMPDIR": tmpdir}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "mixgrpo_ray.cli.train_cli", "--resume", "auto", *SMALL, f"run.output_dir={out}", *args]
     if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_killed_driver_resumes_with_resume_auto(tmp_path):
+def test_killed_driver_is_restarted_by_driver_restarts_and_resumes(tmp_path):
+    """``train --resume auto --driver-restarts 1`` (the job-level retry for ``ray job submit``): the
+    driver killed by PID mid-run is run again by the command itself, continues from the latest
+    checkpoint and finishes the run; then a changed config is refused and a corrupt checkpoint named."""
+    import psutil
+
     out = tmp_path / "runs"
     tmpdir = tempfile.mkdtemp(prefix="rayr", dir="/tmp")
-    common = ["run.iterations=40", "run.checkpoint_every=0", "run.checkpoint_every_s=0.000001", "run.keep_checkpoints=2"]
+    common = ["run.iterations=12", "run.checkpoint_every=0", "run.checkpoint_every_s=0.000001", "run.keep_checkpoints=2"]
+    log = tmp_path / "supervised.log"
     try:
-        proc = cli(out, tmpdir, *common, wait=False)
-        deadline = time.monotonic() + 240
-        while not (out / "job" / "checkpoints" / "iter_000003" / "state.json").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)  # the driver dies mid-run
-        proc.wait()
+        with open(log, "w") as sink:
+            proc = cli(out, tmpdir, "--driver-restarts", "1", *common, wait=False, sink=sink)
+            deadline = time.monotonic() + 240
+            while not (out / "job" / "checkpoints" / "iter_000003" / "state.json").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+                time.sleep(0.05)
+            drivers = psutil.Process(proc.pid).children()
+            assert len(drivers) == 1
+            drivers[0].send_signal(signal.SIGKILL)  # the driver dies mid-run; the command runs it again
+            assert proc.wait(timeout=280) == 0, log.read_text()[-3000:]
     finally:
         kill_ray_under(tmpdir)
+    text = log.read_text()
+    assert "the driver was killed by SIGKILL; running it again" in text and "resumed from" in text, text[-3000:]
     run = out / "job"
-    done = sorted(p.name for p in (run / "checkpoints").glob("iter_*"))
-    assert "iter_000003" in done  # time-based checkpoints (run.checkpoint_every=0)
+    rows = [r for r in __import__("mixgrpo_ray.train.run_dir", fromlist=["RunDir"]).RunDir(run).read_metrics()
+            if "reward_mean" in r]
+    assert [r["iteration"] for r in rows] == list(range(1, 13))
+    kept = sorted(p.name for p in (run / "checkpoints").glob("iter_*"))
+    assert kept == ["iter_000011", "iter_000012"]  # time-based checkpoints (run.checkpoint_every=0), keep 2
+    no_resume = subprocess.run([sys.executable, "-m", "mixgrpo_ray.cli", "train", "--driver-restarts", "2"],
+                               capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert no_resume.returncode == 2 and "--driver-restarts needs --resume auto" in no_resume.stderr
 
     changed = cli(out, tmpdir, *common, "optim.lr=0.5", "sampling.shift=2")
     err = changed.stderr.strip().splitlines()
     assert changed.returncode == 2 and len(err) == 1, changed.stderr
     assert "optim.lr (5e-05 -> 0.5)" in err[0] and "sampling.shift (3.0 -> 2.0)" in err[0]
 
-    resumed = cli(out, tmpdir, *common, "rollout.num_workers=2")  # a worker count may change
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "resumed from" in resumed.stdout
-    rows = [r for r in __import__("mixgrpo_ray.train.run_dir", fromlist=["RunDir"]).RunDir(run).read_metrics()
-            if "reward_mean" in r]
-    assert [r["iteration"] for r in rows] == list(range(1, 41))
-    kept = sorted(p.name for p in (run / "checkpoints").glob("iter_*"))
-    assert kept == ["iter_000039", "iter_000040"]  # run.keep_checkpoints=2
-
     weights = ckpt.latest_checkpoint(run) / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    broken = cli(out, tmpdir, "run.iterations=41")
+    broken = cli(out, tmpdir, "run.iterations=13")
     err = broken.stderr.strip().splitlines()
     assert broken.returncode == 2 and len(err) == 1 and str(weights) in err[0], broken.stderr

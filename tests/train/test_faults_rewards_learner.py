@@ -21,7 +21,7 @@ from tiny_runs import baseline, comparable  # noqa: E402
 
 FAST = ROLLOUT_FAST + [  # later overrides win: smaller, one rollout actor, two quality replicas
     "data.prompts_per_iteration=2", "data.eval_prompts=2", "sampling.num_steps=8", "rollout.num_workers=1",
-    "rewards.quality.replicas=2", "run.checkpoint_every=1", "run.iterations=12",
+    "rewards.quality.replicas=2", "run.checkpoint_every=1", "run.iterations=8",
 ]
 
 
@@ -100,7 +100,7 @@ def test_pool_down_stops_with_checkpoint_then_resumes(local_ray, tmp_path):
         run(cfg)
     stopped_at = len(rows(tmp_path / "down"))
     assert (tmp_path / "down" / "checkpoints" / f"iter_{stopped_at:06d}" / "state.json").exists()
-    assert stopped_at < 12
+    assert stopped_at < 8
     down.unlink()
     assert run(cfg, resume=str(tmp_path / "down")) == 0
     assert total(tmp_path / "down", "reward_timeout") == 0  # rows of the stopped iteration were not kept
