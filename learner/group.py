@@ -19,7 +19,7 @@ import torch
 from mixgrpo_ray.algo.update import rank_shares, update_assignment
 from mixgrpo_ray.cluster.actors import ActorGroup, actor_name, spawn_actors
 from mixgrpo_ray.cluster.placement import place, remove_placement_group
-from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop, get_each
+from mixgrpo_ray.cluster.retry import GroupCallFailed, actor_died, describe, get_all_or_stop, get_each, object_lost
 from mixgrpo_ray.common.seeds import update_assignment_seed
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.learner.worker import LearnerWorker
@@ -130,9 +130,10 @@ class LearnerGroup(ActorGroup):
             raise LearnerFailed(f"learner {name} failed: {describe(exc.error)}", name) from exc.error
 
     def failure(self, error: BaseException) -> BaseException:
-        """What a call that involved the learners (e.g. a weight sync) failing with ``error``
-        means: :class:`LearnerFailed` naming the rank whose process died, else ``error``."""
-        if not actor_died(error):
+        """What a call that involved the learners (e.g. a weight sync, or a rollout call loading
+        the weights they published) failing with ``error`` means: :class:`LearnerFailed` naming
+        the rank whose process died, else ``error``."""
+        if not (actor_died(error) or object_lost(error)):
             return error
         states = get_each([a.version.remote() for a in self.actors], timeout_s=30)
         for rank, st in enumerate(states):

@@ -26,6 +26,13 @@ def actor_died(exc: BaseException) -> bool:
     return isinstance(cause, ACTOR_GONE)
 
 
+def object_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` says an object the call needed is gone with the process that owned it (e.g.
+    weight buckets a learner rank published, after that rank's node died)."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
+    return isinstance(exc, ray.exceptions.ObjectLostError) or isinstance(cause, ray.exceptions.ObjectLostError)
+
+
 def get_each(refs: Sequence[ray.ObjectRef], timeout_s: Optional[float] = None) -> list:
     """The result of each call, or the exception it raised (also on timeout: ``GetTimeoutError``)."""
     out = []

@@ -30,11 +30,12 @@ import contextlib
 import time
 from typing import Callable, Iterator, Mapping, Optional
 
+import ray
 import torch
 
 from mixgrpo_ray.algo.rollout import RolloutMeta
 from mixgrpo_ray.cluster.actors import actor_name
-from mixgrpo_ray.cluster.retry import actor_died, get_each
+from mixgrpo_ray.cluster.retry import actor_died, get_each, object_lost
 from mixgrpo_ray.cluster.weight_sync import WeightSync
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.learner.group import LearnerFailed
@@ -143,7 +144,13 @@ def stop_cleanly(driver, heal: bool = False) -> Iterator[None]:
     checkpoint, and :class:`GroupReformed` raised for the loop to go on."""
     resume = f"continue with: mixgrpo-ray train --resume {driver.run_dir.path}"
     try:
-        yield
+        try:
+            yield
+        except ray.exceptions.RayError as error:  # e.g. weights unreachable: the rank that published them died
+            found = driver.learners.failure(error) if driver.learners is not None and object_lost(error) else error
+            if found is error:
+                raise
+            raise found from error
     except LearnerFailed as exc:
         failure: BaseException = exc
         while heal and isinstance(failure, LearnerFailed) and driver.learner_restarts < driver.cfg.learner.max_restarts:
