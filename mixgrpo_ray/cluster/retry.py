@@ -18,19 +18,21 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 ACTOR_GONE = (RayActorError,)
 
 
+def _says(exc: BaseException, kinds: tuple) -> bool:
+    """Whether ``exc``, or the cause a failed task re-raised it for, is one of ``kinds``."""
+    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
+    return isinstance(exc, kinds) or isinstance(cause, kinds)
+
+
 def actor_died(exc: BaseException) -> bool:
     """Whether ``exc`` (from ``ray.get``) says the actor that ran the call died."""
-    if isinstance(exc, ACTOR_GONE):
-        return True
-    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
-    return isinstance(cause, ACTOR_GONE)
+    return _says(exc, ACTOR_GONE)
 
 
 def object_lost(exc: BaseException) -> bool:
     """Whether ``exc`` says an object the call needed is gone with the process that owned it (e.g.
     weight buckets a learner rank published, after that rank's node died)."""
-    cause = getattr(exc, "cause", None) if isinstance(exc, RayTaskError) else None
-    return isinstance(exc, ray.exceptions.ObjectLostError) or isinstance(cause, ray.exceptions.ObjectLostError)
+    return _says(exc, (ray.exceptions.ObjectLostError,))
 
 
 def get_each(refs: Sequence[ray.ObjectRef], timeout_s: Optional[float] = None) -> list:

@@ -4,13 +4,14 @@ Rollout calls: a call whose actor died is retried by Ray on the restarted actor 
 weight version and seed, so the redo is bit-identical); when the actor cannot be restarted, the
 call is redone on another live actor with the same prompts and seed, and its scoring requested
 again. Learner ranks: a failed rank stops its group at once (no rank left waiting in a collective);
-in the training loop the group is re-formed from the last complete checkpoint
-(:func:`reform`), elsewhere, or when ``learner.max_restarts`` is used up, the run
-stops with the last complete checkpoint named and the command that resumes it.
+in the training loop the group is re-formed from the last complete checkpoint (:func:`reform`);
+elsewhere, or when ``learner.max_restarts`` is used up, the run stops with the last complete
+checkpoint named and the command that resumes it.
 
 Healing a lost learner rank (:func:`reform`): a collective cannot go on without one of its
-ranks, so the whole group is re-formed: the surviving ranks are stopped, a new group is started (new actors in a new placement group, a new
-weight-sync channel to the live rollout actors; colocated, new hybrid workers), it loads the run's
+ranks, so the whole group is re-formed: the surviving ranks are stopped, a new group is started
+(new actors in a new placement group, a new weight-sync channel to the live rollout actors;
+colocated, new hybrid workers), it loads the run's
 last complete checkpoint, and the driver rewinds to that checkpoint's iteration: window, prompt
 sampler and weight version from the checkpoint's state, the metrics rows written since dropped,
 the iterations since redone with the same seeds. So the finished run's metrics equal an
@@ -20,8 +21,8 @@ driver keeps its starting state in memory).
 
 At most ``learner.max_restarts`` times per run (each counted in ``faults/learner_restart``); then,
 or when the new group cannot be placed (the cluster no longer has its resources), or when the
-re-forming itself fails, the run stops: one line naming the
-rank, the last complete checkpoint and the resume command.
+re-forming itself fails, the run stops: one line naming the rank, the last complete checkpoint
+and the resume command.
 """
 
 from __future__ import annotations
@@ -140,8 +141,8 @@ def stop_cleanly(driver, heal: bool = False) -> Iterator[None]:
     reward pool down for ``max_down_s`` first checkpoints the last complete iteration.
 
     ``heal``: a failed learner rank is healed instead while ``learner.max_restarts`` allows
-    (:func:`reform`): the group is re-formed, the run rewound to its last
-    checkpoint, and :class:`GroupReformed` raised for the loop to go on."""
+    (:func:`reform`): the group is re-formed, the run rewound to its last checkpoint, and
+    :class:`GroupReformed` raised for the loop to go on."""
     resume = f"continue with: mixgrpo-ray train --resume {driver.run_dir.path}"
     try:
         try:

@@ -28,3 +28,23 @@ def kill_ray_under(tmpdir: str) -> None:
                     os.kill(int(pid), signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def kill_node(temp_dir: str) -> None:
+    """SIGKILL a Ray node started with ``--temp-dir temp_dir``: the processes naming it (raylet,
+    agents) and every process under them (the actors' workers, whose command lines do not)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if p.pid != os.getpid() and temp_dir in " ".join(p.info["cmdline"] or []):
+            found.append(p)
+            try:
+                found += p.children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+    for p in found:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass

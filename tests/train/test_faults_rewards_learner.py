@@ -43,6 +43,14 @@ def when_logged(run_dir, iteration, action):
     return t
 
 
+def kill_actor(name):
+    """SIGKILL the process of actor ``name``; returns its PID."""
+    actor = ray.get_actor(name, namespace="mixgrpo")
+    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def test_hung_and_killed_replicas_leave_metrics_identical(local_ray, tmp_path):
     clean = baseline(tmp_path, FAST)
     common = FAST + [f"run.output_dir={tmp_path}"]
@@ -75,11 +83,7 @@ def test_replica_dead_for_good_leaves_the_rotation(local_ray, tmp_path):
     clean = baseline(tmp_path, FAST)
     pids = []
 
-    def kill():
-        actor = ray.get_actor("mixgrpo/reward/quality/1", namespace="mixgrpo")
-        pids.append(ray.get(actor.__ray_call__.remote(lambda self: os.getpid())))
-        os.kill(pids[0], signal.SIGKILL)
-    t = when_logged(tmp_path / "dead", 2, kill)
+    t = when_logged(tmp_path / "dead", 2, lambda: pids.append(kill_actor("mixgrpo/reward/quality/1")))
     assert run(resolve(None, FAST + [f"run.output_dir={tmp_path}", "run.name=dead",
                                      "rewards.quality.max_restarts=0"])) == 0
     t.join(5)
@@ -122,14 +126,6 @@ def test_nonfinite_scores_dropped_and_counted_or_stop(local_ray, tmp_path):
         check_finite(all_nan, {"quality": 0.5, "prompt_following": 1.0}, log)
     check_finite(all_nan, {"prompt_following": 1.0}, log)  # a reward that is only logged may fail
     assert log.take()["faults/nonfinite_reward"] == 16
-
-
-def kill_actor(name):
-    """SIGKILL the process of actor ``name``; returns its PID."""
-    actor = ray.get_actor(name, namespace="mixgrpo")
-    pid = ray.get(actor.__ray_call__.remote(lambda self: os.getpid()))
-    os.kill(pid, signal.SIGKILL)
-    return pid
 
 
 def test_killed_learner_rank_is_healed_with_identical_metrics(local_ray, tmp_path):

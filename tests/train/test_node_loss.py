@@ -9,7 +9,6 @@ no node can hold the group any more, so the run stops cleanly, naming what is mi
 checkpoint and the resume command."""
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -21,13 +20,13 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
+pytest.importorskip("psutil")
 
 from mixgrpo_ray.config import resolve  # noqa: E402
 from mixgrpo_ray.train.recovery import RunStopped  # noqa: E402
 from mixgrpo_ray.train.run_dir import RunDir  # noqa: E402
 from mixgrpo_ray.train.training_run import run  # noqa: E402
-from processes import free_port  # noqa: E402
+from processes import free_port, kill_node  # noqa: E402
 
 BIN = Path(sys.executable).parent
 #: node deaths noticed within about a second (Ray's default is 5 missed checks of 3 s)
@@ -41,27 +40,6 @@ CONFIG = [
     "rewards.quality.num_cpus=0.25", "run.iterations=30", "run.checkpoint_every=1", "run.grid_every=0",
     "run.grid_prompts=0", "run.progress=false",
 ]
-
-
-def processes_of(temp_dir: str) -> list:
-    """A node's processes: those naming its temp dir (raylet, agents) and everything under them."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if p.pid != os.getpid() and temp_dir in " ".join(p.info["cmdline"] or []):
-            found.append(p)
-            try:
-                found += p.children(recursive=True)
-            except psutil.NoSuchProcess:
-                pass
-    return found
-
-
-def kill_node(temp_dir: str) -> None:
-    for p in processes_of(temp_dir):
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def ray_start(*args: str) -> None:
