@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 ray = pytest.importorskip("ray")
@@ -17,7 +16,7 @@ from mixgrpo_ray.cluster.weight_sync import BucketRef, WeightSync  # noqa: E402
 from mixgrpo_ray.config import resolve  # noqa: E402
 from mixgrpo_ray.learner.group import LearnerGroup  # noqa: E402
 from mixgrpo_ray.models.tiny.model import TinyPolicy  # noqa: E402
-from processes import free_port  # noqa: E402
+from processes import spawn_ranks  # noqa: E402
 from tiny_runs import tiny_batch  # noqa: E402
 
 
@@ -126,7 +125,7 @@ def _channel_rank(rank, port, corrupt, path):
 @pytest.mark.parametrize("corrupt", [True])  # delivery itself: the Ray test above
 def test_collective_channel_without_ray(tmp_path, corrupt):
     path = str(tmp_path / "sync")
-    mp.spawn(_channel_rank, args=(free_port(), corrupt, path), nprocs=3)
+    spawn_ranks(_channel_rank, 3, corrupt, path)
     sent = TinyPolicy(seed=1).trainable_state_dict()
     old = TinyPolicy(seed=0).trainable_state_dict()
     for rank in (1, 2):

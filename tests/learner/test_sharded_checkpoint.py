@@ -4,7 +4,6 @@ iteration's statistics and weights; a replicate single-file checkpoint resumes o
 ``consolidate`` and ``read_weights`` give the whole weights in one process."""
 
 import torch
-import torch.multiprocessing as mp
 
 from mixgrpo_ray.algo.sharding import full_tensors, shard_module
 from mixgrpo_ray.algo.update import GRPOTrainer, update_assignment
@@ -14,7 +13,7 @@ from mixgrpo_ray.learner import dcp_checkpoint
 from mixgrpo_ray.models.build import build_policy
 
 from learner_runs import OPTIM, batches, model_config
-from processes import free_port
+from processes import spawn_ranks
 
 TOL = dict(atol=2e-5, rtol=1e-4)  # as tests/learner/test_sharded_learner.py: float sums in another order
 
@@ -51,12 +50,12 @@ def run(rank, world_size, strategy, port, data, save=None, load=None, out=None):
     return stats, state
 
 
-def _rank(rank, world_size, strategy, port, data, save, load, out):
+def _rank(rank, port, world_size, strategy, data, save, load, out):
     run(rank, world_size, strategy, port, data, save, load, out)
 
 
 def spawned(world_size, strategy, data, save=None, load=None, out=None):
-    mp.spawn(_rank, args=(world_size, strategy, free_port(), data, save, load, out), nprocs=world_size)
+    spawn_ranks(_rank, world_size, world_size, strategy, data, save, load, out)
     return torch.load(out)
 
 

@@ -7,14 +7,13 @@ iterations x 2 AdamW updates the weights agree within atol 2e-5, rtol 1e-4 (obse
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from mixgrpo_ray.algo.sharding import full_tensors, shard_module
 from mixgrpo_ray.algo.update import GRPOTrainer, update_assignment
 from mixgrpo_ray.models.build import build_policy
 
 from learner_runs import OPTIM, batches, model_config
-from processes import free_port
+from processes import spawn_ranks
 
 def train(rank, world_size, strategy, flux_dir, data, port=0, reduce_bucket_mb=64.0):
     """Three iterations on one rank; returns (full trainable weights, each iteration's statistics)."""
@@ -39,7 +38,7 @@ def train(rank, world_size, strategy, flux_dir, data, port=0, reduce_bucket_mb=6
     return state, norms
 
 
-def _rank(rank, world_size, strategy, flux_dir, data, port, bucket, path):
+def _rank(rank, port, world_size, strategy, flux_dir, data, bucket, path):
     state, norms = train(rank, world_size, strategy, flux_dir, data, port, bucket)
     if rank == 0:
         torch.save({"state": state, "norms": norms}, path)
@@ -47,7 +46,7 @@ def _rank(rank, world_size, strategy, flux_dir, data, port, bucket, path):
 
 def spawn_train(tmp_path, world_size, strategy, flux_dir, data, bucket=64.0):
     path = tmp_path / f"{strategy}{world_size}.pt"
-    mp.spawn(_rank, args=(world_size, strategy, flux_dir, data, free_port(), bucket, str(path)), nprocs=world_size)
+    spawn_ranks(_rank, world_size, world_size, strategy, flux_dir, data, bucket, str(path))
     return torch.load(path)
 
 
