@@ -21,18 +21,9 @@ SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 
 def byte_symbols() -> list[str]:
     """The 256 printable stand-ins of byte-level BPE, ordered as in CLIP's vocabulary."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("\u00a1"), ord("\u00ac") + 1))
-        + list(range(ord("\u00ae"), ord("\u00ff") + 1))
-    )
-    codes = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            codes.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in codes]
+    from mixgrpo_ray.models.flux.flux_slice import byte_symbols as symbols
+
+    return symbols()
 
 
 def tiny_vocab() -> dict[str, int]:

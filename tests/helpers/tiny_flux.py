@@ -35,21 +35,10 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator, std: float) -> Non
 
 
 def write_t5_tokenizer(folder: Path) -> None:
-    """A T5 fast tokenizer over ``T5_PIECES`` built with the ``tokenizers`` library (T5's Metaspace
-    pre-tokenizer, ``</s>`` appended), so it loads with transformers 4.x and 5.x alike."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
+    """The product's offline T5 fast tokenizer (``flux_slice.write_t5_tokenizer``) over ``T5_PIECES``."""
+    from mixgrpo_ray.models.flux.flux_slice import write_t5_tokenizer as write
 
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(w, -1.0 - 0.1 * i) for i, w in enumerate(T5_PIECES)]
-    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok.post_processor = processors.TemplateProcessing(
-        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
-    )
-    T5TokenizerFast(
-        tokenizer_object=tok, extra_ids=0, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    ).save_pretrained(str(folder))
+    write(folder, T5_PIECES)
 
 
 def build_tiny_flux(root: str | Path, seed: int = 0, guidance_embeds: bool = True) -> Path:
