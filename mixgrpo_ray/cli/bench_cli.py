@@ -26,6 +26,9 @@ def phases_parser() -> argparse.ArgumentParser:
                    help="the tiny model's built-in task: its shipped weights and train prompts (default: shapes)")
     p.add_argument("--sync-gb", type=float, default=1.0,
                    help="weight-sync benchmark: size of the synthetic state in GB (0: skip)")
+    p.add_argument("--sync-model", metavar="FOLDER",
+                   help="weight-sync benchmark of a FluxPipeline folder's transformer in bf16 instead of the synthetic "
+                        "state, e.g. the real-width slice of python -m mixgrpo_ray.models.flux.flux_slice")
     p.add_argument("--sync-bucket-mb", type=float, default=256.0, help="weight-sync bucket size (learner.sync_bucket_mb)")
     p.add_argument("--traffic-side", type=int, default=1024,
                    help="reward-traffic count: side of the square images, with the flux preset's rewards and "
@@ -60,6 +63,10 @@ def main_phases(argv: list[str]) -> int:
         print(f"{PROG} phases: error: --rounds, --prompts, --threads must be >= 1, --group >= 2, --sync-gb >= 0, "
               "--sync-bucket-mb > 0 and --traffic-side >= 0", file=sys.stderr)
         return 2
+    if args.sync_model and not (Path(args.sync_model) / "transformer" / "config.json").is_file():
+        print(f"{PROG} phases: error: --sync-model {args.sync_model}: not a FluxPipeline folder (no "
+              "transformer/config.json); write one with python -m mixgrpo_ray.models.flux.flux_slice", file=sys.stderr)
+        return 2
     import torch
 
     from mixgrpo_ray.models.tiny.model import TinyPolicy
@@ -73,8 +80,8 @@ def main_phases(argv: list[str]) -> int:
     print(f"tiny {args.task} model, {args.prompts} prompts x {args.group} images, {args.rounds} interleaved rounds, "
           f"{args.threads} thread(s)", flush=True)
     print(format_table(run_benchmark(policy, prompts, group=args.group, rounds=args.rounds)))
-    if args.sync_gb > 0:
-        sync_bench(args.sync_gb, args.sync_bucket_mb)
+    if args.sync_gb > 0 or args.sync_model:
+        sync_bench(args.sync_gb, args.sync_bucket_mb, args.sync_model)
     if args.traffic_side > 0:
         traffic_bench(args.traffic_side)
     return 0
@@ -145,12 +152,12 @@ def run(args: argparse.Namespace, names: list[str]) -> int:
     return 0
 
 
-def sync_bench(size_gb: float, bucket_mb: float) -> None:
+def sync_bench(size_gb: float, bucket_mb: float, model: "str | None" = None) -> None:
     """Weight-sync throughput per transport on a private local Ray (:mod:`mixgrpo_ray.bench.sync_throughput`)."""
     from mixgrpo_ray.bench.sync_throughput import format_sync_table, run_sync_bench
     from mixgrpo_ray.cluster.ray_start import ray_running
 
-    print(f"\nweight sync: synthetic fp32 state of {size_gb:g} GB, buckets of {bucket_mb:g} MB, 2 receiving actors",
-          flush=True)
+    state = f"the transformer of {model} in bf16" if model else f"synthetic fp32 state of {size_gb:g} GB"
+    print(f"\nweight sync: {state}, buckets of {bucket_mb:g} MB, 2 receiving actors", flush=True)
     with ray_running(private=True, num_cpus=2, log_to_driver=False):
-        print(format_sync_table(run_sync_bench(size_gb, bucket_mb)))
+        print(format_sync_table(run_sync_bench(size_gb, bucket_mb, model=model)))

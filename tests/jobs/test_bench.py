@@ -22,19 +22,28 @@ def test_benchmark_ratios_and_nfe():
     assert "mixgrpo_flash_star" in format_table(res)
 
 
-def test_sync_bench_both_transports_and_publish_memory():
+def test_sync_bench_both_transports_and_publish_memory(tmp_path):
     import os
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
     from mixgrpo_ray.bench.sync_throughput import format_sync_table, run_sync_bench
+    from tiny_flux import build_tiny_flux
 
+    folder = build_tiny_flux(tmp_path / "flux")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         res = run_sync_bench(size_gb=0.3, bucket_mb=64.0)  # buckets above glibc's 32 MB mmap threshold
+        # a FluxPipeline folder's transformer, published in bf16 (2 bytes per parameter)
+        flux = run_sync_bench(bucket_mb=0.01, model=str(folder))
     finally:
         ray.shutdown()
+    from diffusers import FluxTransformer2DModel
+
+    params = sum(p.numel() for p in FluxTransformer2DModel.from_pretrained(str(folder / "transformer")).parameters())
+    for name, r in flux.items():
+        assert r["delivered"] and r["sync/bytes"] == 2 * params, name
     assert set(res) == {"object_store", "collective"}
     for name, r in res.items():
         assert r["delivered"] and r["sync/bytes"] >= 0.29e9 and r["sync/gbps"] > 0, name
@@ -42,3 +51,11 @@ def test_sync_bench_both_transports_and_publish_memory():
         assert r["beyond_buckets"] <= 2.5, (name, r["beyond_buckets"])
     assert res["object_store"]["peak_host_bytes"] >= 0.9 * res["object_store"]["shard_bytes"]
     assert "collective" in format_sync_table(res)
+
+
+def test_phases_refuses_a_sync_model_that_is_not_a_flux_folder(tmp_path, capsys):
+    from mixgrpo_ray.cli import main
+
+    assert main(["bench", "phases", "--sync-model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a FluxPipeline folder" in err[0] and "flux_slice" in err[0]
