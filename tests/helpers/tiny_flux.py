@@ -90,20 +90,11 @@ def write_pipeline_index(root: str | Path, shift: float = 3.0) -> Path:
     """Complete the folder ``build_tiny_flux`` wrote into one ``FluxPipeline.from_pretrained``
     loads: ``scheduler/`` (flow-matching Euler with a fixed ``shift``, the schedule the policy
     samples with) and ``model_index.json``; returns ``root``."""
-    import json
-
-    import diffusers
     from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from mixgrpo_ray.models.flux.flux_slice import write_model_index
 
     root = Path(root)
     FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(str(root / "scheduler"))
-    index = {
-        "_class_name": "FluxPipeline", "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "image_encoder": [None, None], "feature_extractor": [None, None],
-    }
-    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    write_model_index(root)
     return root

@@ -109,7 +109,6 @@ def _save(module: torch.nn.Module, folder: Path, dtype: torch.dtype) -> int:
 def build_flux_slice(root: "str | Path", *, double: int = 1, single: int = 1, t5_layers: int = 1,
                      clip_layers: int = 1, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
     """Write the slice's FluxPipeline folder under ``root``; returns each component's parameters."""
-    import diffusers
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -133,6 +132,14 @@ def build_flux_slice(root: "str | Path", *, double: int = 1, single: int = 1, t5
         counts["text_encoder"] = _save(clip, root / "text_encoder", dtype)
         counts["vae"] = _save(AutoencoderKL(**FLUX_DEV_VAE), root / "vae", dtype)
     FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER).save_pretrained(str(root / "scheduler"))
+    write_model_index(root)
+    return counts
+
+
+def write_model_index(root: Path) -> None:
+    """``model_index.json`` of a FluxPipeline folder (what ``FluxPipeline.from_pretrained`` reads)."""
+    import diffusers
+
     index = {
         "_class_name": "FluxPipeline", "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
@@ -142,7 +149,6 @@ def build_flux_slice(root: "str | Path", *, double: int = 1, single: int = 1, t5
         "image_encoder": [None, None], "feature_extractor": [None, None],
     }
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
-    return counts
 
 
 def main(argv: "list[str] | None" = None) -> int:
