@@ -4,12 +4,12 @@ Run by ``mixgrpo-ray bench phases`` (``--sync-gb``, 0 skips it).
 
 One synthetic learner actor holds a state of ``size_gb`` (fp32 tensors of FLUX-block-like
 shapes; or, with ``model``, the transformer of a FluxPipeline folder such as the real-width slice
-of ``mixgrpo_ray.models.flux.flux_slice``, published in bf16 as a GPU run publishes) and syncs it through :class:`~mixgrpo_ray.cluster.weight_sync.WeightSync` to two
-receiving actors, once per transport (after one warm-up sync), on the running Ray. Reported per
-transport: bytes,
-seconds, GB/s (the same ``sync/*`` numbers the driver logs) and the learner process's peak
-resident memory during the publish (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``)
-minus its resident memory before it. For ``object_store`` that peak includes the shard's copy in
+of ``mixgrpo_ray.models.flux.flux_slice``, published in bf16 as a GPU run publishes) and syncs it
+through :class:`~mixgrpo_ray.cluster.weight_sync.WeightSync` to two receiving actors, once per
+transport (after one warm-up sync), on the running Ray. Reported per transport: bytes, seconds,
+GB/s (the same ``sync/*`` numbers the driver logs) and the learner process's peak resident memory
+during the publish (Linux ``VmHWM`` reset through ``/proc/self/clear_refs``) minus its resident
+memory before it. For ``object_store`` that peak includes the shard's copy in
 the shared-memory object store (the pages the learner wrote), so the target is the shard plus at
 most 1.5 buckets; for ``collective`` nothing is copied beyond the bucket in flight.
 """
