@@ -54,7 +54,7 @@ def spawn_ranks(fn, nprocs: int, *args, retries: int = 1) -> None:
     """``torch.multiprocessing.spawn(fn, (port, *args), nprocs)`` with a fresh free port for the
     ranks' gloo group (``fn(rank, port, *args)``). A rank that raises fails at once; a rank killed
     by a signal (gloo's transport thread can ``std::terminate`` a rank of a 2-rank CPU group on a
-    loaded 2-core machine: once in ~650 CI tests, not reproduced in 60 runs) is rerun ``retries``
+    loaded 2-core machine: once in ~650 CI tests, not reproduced in 19 reruns) is rerun ``retries``
     times, saying so on stderr, with the same arguments, so deterministic results are unchanged."""
     import sys
 
