@@ -43,8 +43,6 @@ from mixgrpo_ray.config import Config
 GB = 1e9
 RUNTIME_GB = 3.0
 USABLE = 0.9
-#: FLUX.1-dev's transformer config (diffusers' defaults are that architecture, plus guidance)
-FLUX_DEV = {"guidance_embeds": True}
 #: FLUX.1-dev's frozen parts: parameters of T5-XXL's encoder, CLIP-L's text model, the VAE
 FLUX_DEV_FROZEN = {"text_encoder_2": 4.762e9, "text_encoder": 123.06e6, "vae": 83.82e6}
 #: reward models' parameters (fp32 on their GPU); UnifiedReward is an external server
@@ -85,8 +83,10 @@ def model_size(cfg: Config) -> ModelSize:
         return size
     from diffusers import FluxTransformer2DModel
 
+    from mixgrpo_ray.models.flux.flux_slice import FLUX_DEV_TRANSFORMER  # FLUX.1-dev's own config
+
     folder = Path(m.path or "") / "transformer" / "config.json"
-    config = json.loads(folder.read_text()) if folder.is_file() else FLUX_DEV
+    config = json.loads(folder.read_text()) if folder.is_file() else FLUX_DEV_TRANSFORMER
     with torch.device("meta"):
         tr = FluxTransformer2DModel.from_config(config)
     image_tokens = (m.height // 16) * (m.width // 16)

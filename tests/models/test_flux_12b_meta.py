@@ -83,10 +83,7 @@ def test_weight_sync_manifest_in_256_mb_bf16_buckets_covers_every_tensor_once(tr
             rows[p.key].append((p.row_start, p.rows))
     assert set(rows) == set(state)
     for key, spans in rows.items():
-        spans.sort()
-        total = state[key].shape[0] if state[key].ndim else 1
-        assert spans[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:])), key
-        assert spans[-1][0] + spans[-1][1] == total, key
+        assert _rows_tile(spans, state[key].shape[0] if state[key].ndim else 1), key
     assert sum(s.nbytes for s in specs) == 2 * sum(v.numel() for v in state.values())
     assert len(specs) == pytest.approx(2 * 11.9e9 / bucket, abs=3)  # ~89 buckets of 256 MB
 
@@ -119,13 +116,19 @@ def _one_of_eight(rank, path):
         pickle.dump(out, f)
 
 
+def _rows_tile(spans, total):
+    """``spans`` ((first row, rows) pairs) cover rows ``[0, total)`` exactly once."""
+    spans = sorted(spans)
+    contiguous = all(a + n == b for (a, n), (b, _) in zip(spans, spans[1:]))
+    return spans[0][0] == 0 and contiguous and spans[-1][0] + spans[-1][1] == total
+
+
 def _tiles(size, chunks):
     """``chunks`` ([offsets, sizes]) cover a tensor of ``size`` exactly once."""
     covered = sum(torch.Size(s).numel() for _, s in chunks)
-    rows = sorted((o[0], s[0]) for o, s in chunks) if size else [(0, 1)]
+    rows = [(o[0], s[0]) for o, s in chunks] if size else [(0, 1)]
     whole = all(list(o[1:]) == [0] * (len(size) - 1) and list(s[1:]) == size[1:] for o, s in chunks)
-    contiguous = rows[0][0] == 0 and all(a + n == b for (a, n), (b, _) in zip(rows, rows[1:]))
-    return covered == torch.Size(size).numel() and whole and contiguous
+    return covered == torch.Size(size).numel() and whole and _rows_tile(rows, size[0] if size else 1)
 
 
 def test_eight_fsdp_ranks_shard_one_unit_per_block_and_tile_every_tensor(tmp_path):
@@ -148,13 +151,10 @@ def test_eight_fsdp_ranks_shard_one_unit_per_block_and_tile_every_tensor(tmp_pat
     # weight sync: the 8 ranks' owned rows of every tensor tile it exactly once
     spans = defaultdict(list)
     for key, row0, rows in (s for r in ranks for s in r["sync"]):
-        spans[key].append([[row0], [rows]])
+        spans[key].append((row0, rows))
     assert set(spans) == set(shapes)
-    for key, chunks in spans.items():
-        rows = sorted((o[0], s[0]) for o, s in chunks)
-        total = shapes[key][0] if shapes[key] else 1
-        assert rows[0][0] == 0 and rows[-1][0] + rows[-1][1] == total, key
-        assert all(a + n == b for (a, n), (b, _) in zip(rows, rows[1:])), key
+    for key, rows in spans.items():
+        assert _rows_tile(rows, shapes[key][0] if shapes[key] else 1), key
     # the DCP metadata of an 8-rank save: one "model.<name>" entry per weight, fp32, whose chunks
     # (one per rank holding rows) tile the full shape: what read_model_state/consolidate rebuild
     _, metadata = DefaultSavePlanner().create_global_plan([r["plan"] for r in ranks])
@@ -165,4 +165,4 @@ def test_eight_fsdp_ranks_shard_one_unit_per_block_and_tile_every_tensor(tmp_pat
     for key, m in dcp.items():
         assert m["size"] == shapes[key[len(MODEL_PREFIX):]] and m["dtype"] == "torch.float32", key
         assert _tiles(m["size"], m["chunks"]), key
-        assert len(m["chunks"]) == min(8, m["size"][0]) if m["size"] else 1
+        assert len(m["chunks"]) == (min(8, m["size"][0]) if m["size"] else 1), key
