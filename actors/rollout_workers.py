@@ -30,7 +30,8 @@ from mixgrpo_ray.cluster.sampling_endpoints import SamplingEndpoints
 from mixgrpo_ray.cluster.weight_sync import WeightReceiver, WeightsLost, WeightSync
 from mixgrpo_ray.common.seeds import rollout_seed
 from mixgrpo_ray.config import GRPOConfig, ModelConfig, RolloutConfig, SamplingConfig
-from mixgrpo_ray.models.build import build_policy, eval_batch_size
+from mixgrpo_ray.common.process_memory import PeakMemory
+from mixgrpo_ray.models.build import build_policy, eval_batch_size, import_model_code
 from mixgrpo_ray.models.reward_input import RewardInput
 
 
@@ -46,9 +47,12 @@ class RolloutWorker(SamplingEndpoints):
         torch.set_num_threads(rollout.torch_threads)
         torch.manual_seed(seed)
         self.device = actor_device(rollout.num_gpus)
+        import_model_code(model)
+        self.memory = PeakMemory(self.device)  # memory/rollout_peak_gb: what this actor holds from here on
         self.policy = build_policy(model, self.device, trainable=False)
         self.policy.train(False)
         self.policy.offload_frozen(rollout.offload_encoders)
+        self.memory.loaded()
         self.sampling, self.grpo = sampling, grpo
         self.weight_version = 0
         self._loaded = False  # published weights loaded since this process started

@@ -90,11 +90,13 @@ class LearnerGroup(ActorGroup):
             raise ValueError(f"{len(refs)} rollout calls of {list(sizes)} rows do not hold {len(advantages)} samples")
         shares = rank_shares(self.assignment(len(advantages), iteration), sizes)
         inputs = [self.rank_inputs(rank, share, refs) for rank, share in enumerate(shares)]
-        stats = self.wait_together([
+        per_rank = self.wait_together([
             actor.train.remote(rank_refs, rows, advantages[share.samples], share.updates,
                                self.max_staleness, self.max_importance_weight)
             for actor, share, (rank_refs, rows) in zip(self.actors, shares, inputs)
-        ])[0]
+        ])
+        stats = dict(per_rank[0])  # the update's statistics (equal on every rank), and the largest rank's memory
+        stats["memory_gb"] = max(float(s.get("memory_gb", 0.0)) for s in per_rank)
         return self.annotate(stats, shares)
 
     def rank_inputs(self, rank: int, share, refs: list) -> tuple[list, list]:

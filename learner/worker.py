@@ -19,11 +19,12 @@ from mixgrpo_ray.cluster.devices import actor_device, join_process_group
 from mixgrpo_ray.cluster.weight_sync import SenderEndpoints, WeightSender, node_endpoint
 from mixgrpo_ray.common import checkpoint as ckpt
 from mixgrpo_ray.common.dtypes import parse_dtype
+from mixgrpo_ray.common.process_memory import PeakMemory
 from mixgrpo_ray.common.sharded_checkpoint import sharded_dir
 from mixgrpo_ray.config import LearnerConfig, ModelConfig, OptimConfig
 from mixgrpo_ray.core.trajectory import Trajectory
 from mixgrpo_ray.learner import dcp_checkpoint
-from mixgrpo_ray.models.build import build_policy
+from mixgrpo_ray.models.build import build_policy, import_model_code
 
 
 class StaleRolloutError(RuntimeError):
@@ -41,7 +42,10 @@ class LearnerWorker(SenderEndpoints):
         self.rank, self.world_size = rank, world_size
         self.learner = learner
         self.device = actor_device(learner.num_gpus)
+        import_model_code(model)
+        self.memory = PeakMemory(self.device)  # memory/learner_peak_gb: what this rank holds from here on
         self.policy = build_policy(model, self.device, trainable=True)
+        self.memory.loaded()
         self.optim, self.clip_range = optim, clip_range
         self.trainer: GRPOTrainer | None = None
         self.fetched: list[str] = []  # ids of the trajectory ObjectRefs the last train() fetched
@@ -93,7 +97,7 @@ class LearnerWorker(SenderEndpoints):
         stats = self.trainer.train_updates(mine, advantages, updates, proximal=oldest < self.weight_version,
                                            max_importance_weight=max_importance_weight)
         self._metrics.record(int(stats["updates"]))
-        return stats
+        return {**stats, "memory_gb": self.memory.peak_gb()}
 
     def _fetch(self, refs: list) -> list[Trajectory]:
         """The trajectories of the rollout calls ``refs`` name (fetched from the object store)."""

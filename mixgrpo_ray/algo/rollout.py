@@ -34,6 +34,7 @@ class RolloutMeta:
     num_trained_steps: int  # recorded SDE steps per image (the policy's NFE when training)
     time_s: float
     pid: int = 0  # process of the actor that sampled (a new one after a restart)
+    memory_gb: float = 0.0  # the actor's peak memory so far (mixgrpo_ray.common.process_memory); 0: not measured
 
 
 @dataclass

@@ -3,8 +3,9 @@
 placement (:class:`~mixgrpo_ray.learner.hybrid_worker.HybridWorker`).
 
 An actor mixing in :class:`SamplingEndpoints` sets ``index``, ``sampler`` (the policy it samples
-with), ``sampling``, ``grpo``, ``eval_batch_size`` and ``_sampling_metrics`` (a
-:class:`~mixgrpo_ray.cluster.metrics.RolloutMetrics`), and implements :meth:`_prepare` (hold the
+with), ``sampling``, ``grpo``, ``eval_batch_size``, ``_sampling_metrics`` (a
+:class:`~mixgrpo_ray.cluster.metrics.RolloutMetrics`) and ``memory`` (a
+:class:`~mixgrpo_ray.common.process_memory.PeakMemory`), and implements :meth:`_prepare` (hold the
 weights a call names) and :meth:`_hand_out` (what the driver gets for a call's trajectory).
 """
 
@@ -50,7 +51,8 @@ class SamplingEndpoints:
         elapsed = time.perf_counter() - t0
         meta = RolloutMeta(worker=self.index, version=self.weight_version, nfe=out.nfe,
                            num_images=int(out.images.shape[0]),
-                           num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed, pid=os.getpid())
+                           num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed, pid=os.getpid(),
+                           memory_gb=self.memory.peak_gb())
         self._sampling_metrics.sampled(meta.num_images, out.nfe, elapsed)
         return (*images_for(out.images, inputs), self._hand_out(out.trajectory, seed), meta)
 

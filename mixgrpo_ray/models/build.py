@@ -43,6 +43,26 @@ def eval_batch_size(model: ModelConfig, configured: int) -> int:
     return int(configured) if configured > 0 else EVAL_BATCH_SIZE.get(model.kind, 8)
 
 
+def import_model_code(model: ModelConfig) -> None:
+    """Import the libraries building ``model`` loads (so that a process's memory baseline,
+    :class:`~mixgrpo_ray.common.process_memory.PeakMemory`, holds the code and not the model)."""
+    import importlib
+
+    if model.kind != "flux":
+        importlib.import_module("mixgrpo_ray.models.tiny.model")
+        return
+    importlib.import_module("mixgrpo_ray.models.flux.flux_policy")
+    import diffusers
+    import transformers
+
+    for name in ("FluxTransformer2DModel", "AutoencoderKL", "FlowMatchEulerDiscreteScheduler"):
+        getattr(diffusers, name)  # diffusers and transformers import a model's code on first use
+    for name in ("T5EncoderModel", "CLIPTextModel", "CLIPTokenizer", "T5TokenizerFast"):
+        getattr(transformers, name)
+    if model.lora_rank:
+        importlib.import_module("peft")
+
+
 def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trainable: bool = True) -> Policy:
     """The policy ``model`` describes, on ``device``.
 

@@ -61,6 +61,10 @@ def iteration_row(
     for phase in PHASES:
         row[f"time/{phase}_s"] = seconds.get(phase, 0.0)
     row["time/iteration_s"] = sum(seconds.get(p, 0.0) for p in PHASES)
+    if any(m.memory_gb for m in metas):  # peak memory of the largest rollout actor / learner rank so far
+        row["memory/rollout_peak_gb"] = max(m.memory_gb for m in metas)
+    if train_stats.get("memory_gb"):
+        row["memory/learner_peak_gb"] = float(train_stats["memory_gb"])
     images = sum(m.num_images for m in metas)
     row["images_per_second"] = images / max(seconds.get("rollout", 0.0), 1e-9)
     return row

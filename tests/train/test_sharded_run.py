@@ -34,6 +34,7 @@ def test_fsdp_collective_run_resumes_on_two_and_one_ranks(local_ray, tmp_path):
     rows = rows_of(tmp_path / "full")
     for r in rows:  # every sync is measured: 2 learner ranks' shards, bf16 or fp32
         assert r["sync/bytes"] > 0 and r["sync/seconds"] > 0 and r["sync/gbps"] > 0
+        assert r["memory/learner_peak_gb"] > 0 and r["memory/rollout_peak_gb"] > 0  # each role's process
     saved = ckpt.latest_checkpoint(tmp_path / "part")
     assert (saved / "sharded" / ".metadata").is_file() and len(list((saved / "sharded").glob("*.distcp"))) == 2
     assert set(ckpt.read_weights(saved))  # eval and sample read it in one process
