@@ -37,7 +37,7 @@ def hybrid_rows(cfg: Config, size: ModelSize, weights: str) -> list[tuple[str, f
     """``(item, GB)`` of one hybrid worker sampling with ``weights`` (``module`` or ``copy``): what
     stays on the GPU throughout, then the largest phase's transient memory (see the module
     docstring)."""
-    c = _compute_bytes(cfg)
+    c = _compute_bytes(cfg, cfg.learner.num_gpus > 0)
     n, fsdp = cfg.learner.num_workers, cfg.learner.strategy == "fsdp"
     learner = learner_rows(cfg, size, n, cfg.learner.strategy)
     resident = [(k, v) for k, v in learner if k.startswith(("weights", "AdamW", "LoRA"))]
@@ -78,7 +78,7 @@ def weights_moved(cfg: Config, size: ModelSize, weights: str) -> float:
     n = cfg.learner.num_workers
     if cfg.learner.strategy != "fsdp" or n == 1:
         return 0.0
-    gathered = _compute_bytes(cfg) * size.params * (n - 1) / n
+    gathered = _compute_bytes(cfg, cfg.learner.num_gpus > 0) * size.params * (n - 1) / n
     return gathered * (sampling_forwards(cfg) if weights == "module" else 1)
 
 

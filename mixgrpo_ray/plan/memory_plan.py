@@ -11,20 +11,26 @@ T = tokens = (H/16)(W/16) + max_sequence_length for FLUX, d = hidden width, L = 
 
 * learner, full fine-tuning — weights 4P, gradients 4P, AdamW 8P bytes (fp32 masters):
   ``replicate`` holds all of it on every rank, ``fsdp`` 1/N of it (``offload_optimizer``: on the
-  host, so 0 on the GPU). FSDP also holds the gathered bf16 weights of two blocks (the one computing
-  and the one prefetched, 2 x 2 B_max bytes, B_max = the largest block's parameters) and the fp32
-  gradient of one block before its reduce-scatter (4 B_max).
+  host, so 0 on the GPU). FSDP also holds the gathered weights of two blocks (the one computing
+  and the one prefetched: the two largest blocks, g (B_max + B_next) bytes, g = 2 for bf16 on a GPU,
+  4 on a CPU, where FSDP gathers fp32), the fp32 gradient of one block before its reduce-scatter
+  (4 B_max), and the root module's own parameters (embedders, final norm and projection, R = P
+  minus the blocks' parameters), gathered for the whole forward and backward with their gradient:
+  (g + 4) R.
   LoRA: the frozen transformer in the compute dtype (2P_all) + 16 P_lora.
 * activations per sample, bf16 (Korthikanti et al. 2022, eq. 2 with memory-efficient attention:
   34 T d bytes per block): without gradient checkpointing ``34 T d L``; with it the block inputs
-  ``2 T d L`` plus one block recomputed ``34 T d``. Times b.
+  ``2 T d L`` plus one block recomputed ``34 T d``. Times b, and times c / 2 for the compute dtype.
 * text encoders and VAE in the compute dtype: on rollout actors only. A learner holds only what it
   trains and conditions on the prompt embeddings the trajectory carries (b rows of
   max_sequence_length x 4096 T5 states on the GPU per update, ~13 MB for FLUX: left out).
 * sync buffers: one bucket (``learner.sync_bucket_mb``) on the device for the collective
   transport; object_store buckets are packed in host memory.
 * runtime: 3 GB per GPU process (CUDA context, allocator slack, NCCL buffers); a role fits when
-  its total is at most 90% of the GPU.
+  its total is at most 90% of the GPU. This is the plan's only GPU-only row: a CPU measurement of a
+  role (``mixgrpo-ray bench slice``, :mod:`mixgrpo_ray.common.process_memory`) leaves it out.
+* the compute dtype ``model.dtype: auto`` is bf16 (c = 2 bytes) for a role on a GPU and fp32 (4)
+  for a role on the CPU (``num_gpus: 0``), as the actors resolve it.
 * rollout actor: the transformer in the compute dtype, encoders, VAE, one sync bucket and the
   no-grad activations of one batch of images (4 T d bytes per block in flight, times the batch).
 """
@@ -60,6 +66,8 @@ class ModelSize:
     #: FLOPs of one transformer forward for one image (matmuls and attention), counted by torch's
     #: FLOP counter on the meta device; 0 when not counted
     forward_flops: float = 0.0
+    block_next: int = 0  # its second-largest block (0: one block)
+    root: int = 0  # its parameters outside the blocks (embedders, final norm and projection)
 
 
 def _meta_count(module: torch.nn.Module) -> int:
@@ -121,7 +129,10 @@ def forward_flops(tr: torch.nn.Module, image_tokens: int, text_tokens: int) -> f
 def _size(tr: torch.nn.Module, tokens: int, frozen: dict) -> ModelSize:
     blocks = [b for name in ("transformer_blocks", "single_transformer_blocks") for b in getattr(tr, name, [])]
     hidden = int(tr.config.num_attention_heads * tr.config.attention_head_dim)
-    return ModelSize(_meta_count(tr), max(_meta_count(b) for b in blocks), len(blocks), hidden, tokens, frozen)
+    counts = sorted((_meta_count(b) for b in blocks), reverse=True)
+    total = _meta_count(tr)
+    return ModelSize(total, counts[0], len(blocks), hidden, tokens, frozen,
+                     block_next=counts[1] if len(counts) > 1 else 0, root=total - sum(counts))
 
 
 def _frozen(path: Path) -> dict:
@@ -139,13 +150,17 @@ def _frozen(path: Path) -> dict:
         }
 
 
-def _compute_bytes(cfg: Config) -> int:
+def _compute_bytes(cfg: Config, on_gpu: bool = True) -> int:
+    """Bytes per value of the compute dtype of a role on a GPU (``on_gpu``) or on the CPU."""
+    if cfg.model.dtype == "auto":
+        return 2 if on_gpu else 4
     return 4 if cfg.model.dtype == "fp32" else 2
 
 
 def learner_rows(cfg: Config, size: ModelSize, workers: int, strategy: str) -> list[tuple[str, float]]:
     """``(item, GB)`` of one learner rank with ``workers`` ranks and ``strategy``."""
-    c = _compute_bytes(cfg)
+    gpu = cfg.learner.num_gpus > 0
+    c = _compute_bytes(cfg, gpu)
     lora = cfg.model.lora_rank > 0
     shard = workers if strategy == "fsdp" else 1
     if lora:  # frozen base in the compute dtype; adapters are a small fraction (counted as 1%)
@@ -155,10 +170,13 @@ def learner_rows(cfg: Config, size: ModelSize, workers: int, strategy: str) -> l
         rows = [("weights fp32" + (" (shard)" if shard > 1 else ""), 4 * size.params / shard * on_gpu),
                 ("gradients fp32" + (" (shard)" if shard > 1 else ""), 4 * size.params / shard * on_gpu),
                 ("AdamW state fp32" + (" (shard)" if shard > 1 else ""), 8 * size.params / shard * on_gpu)]
-        if strategy == "fsdp":
-            rows += [("gathered blocks bf16 (2)", 2 * 2 * size.block_max), ("block gradient fp32", 4 * size.block_max)]
+        if strategy == "fsdp":  # FSDP gathers bf16 on a GPU (MixedPrecisionPolicy), fp32 on the CPU
+            g, name = (2, "bf16") if gpu else (4, "fp32")
+            rows += [(f"gathered blocks {name} (2)", g * (size.block_max + size.block_next)),
+                     ("block gradient fp32", 4 * size.block_max),
+                     (f"gathered root module {name} + its gradient", (g + 4) * size.root)]
     per_rank = max(1, cfg.optim.samples_per_update // workers)
-    rows.append((f"activations x{per_rank} sample(s)", per_rank * activation_bytes(cfg, size)))
+    rows.append((f"activations x{per_rank} sample(s)", per_rank * activation_bytes(cfg, size) * c / 2))
     rows.append(("sync bucket", cfg.learner.sync_bucket_mb * 2**20 if cfg.learner.sync_transport == "collective" else 0))
     rows.append(("runtime", RUNTIME_GB * GB))
     return [(k, v / GB) for k, v in rows]
@@ -174,12 +192,12 @@ def activation_bytes(cfg: Config, size: ModelSize, checkpointing: Optional[bool]
 
 
 def _frozen_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
-    c = _compute_bytes(cfg)
+    c = _compute_bytes(cfg, cfg.rollout.num_gpus > 0)
     return [(f"{name} ({cfg.model.kind})", c * n) for name, n in size.frozen.items()]
 
 
 def rollout_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
-    c = _compute_bytes(cfg)
+    c = _compute_bytes(cfg, cfg.rollout.num_gpus > 0)
     batch = cfg.grpo.group_size * max(1, cfg.rollout.prompts_per_call or cfg.data.prompts_per_iteration)
     rows = [("weights (compute dtype)", c * size.params), *_frozen_rows(cfg, size),
             (f"activations (no grad) x{batch}", 4 * size.tokens * size.hidden * batch),
