@@ -1,7 +1,9 @@
 """``mixgrpo-ray bench``: training iterations of every algorithm variant through the product and
 in one plain process, side by side (the job is :mod:`mixgrpo_ray.bench.e2e`).
 ``mixgrpo-ray bench phases`` keeps the in-process benchmark of the rollout and update phases
-(:mod:`mixgrpo_ray.bench.phases`)."""
+(:mod:`mixgrpo_ray.bench.phases`); ``mixgrpo-ray bench slice`` trains FLUX at its real width on CPU,
+exports, reloads in diffusers and sets each role's measured memory beside the plan
+(:mod:`mixgrpo_ray.bench.flux_slice_run`)."""
 
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     from mixgrpo_ray.bench.e2e import VARIANTS
 
     p = OneLineParser(prog=PROG, description="Real training iterations of each variant through the Ray pipeline "
-                      "and as one plain process, interleaved in blocks. `mixgrpo-ray bench phases --help`: the "
+                      "and as one plain process, interleaved in blocks. `mixgrpo-ray bench slice --help`: FLUX at its "
+                      "real width on CPU. `mixgrpo-ray bench phases --help`: the "
                       "in-process phase benchmark.")
     p.add_argument("--iterations", type=int, default=60, help="training iterations per variant")
     p.add_argument("--block", type=int, default=10, help="iterations a variant runs before the next takes its turn")
@@ -99,10 +102,50 @@ def traffic_bench(side: int) -> None:
     print(format_traffic(reward_traffic(inputs, side, side, images)), flush=True)
 
 
+def slice_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog=f"{PROG} slice", description="FLUX at its real width on CPU: 2 training iterations with "
+                      "full fine-tuning on fsdp ranks and with LoRA, export, reload in diffusers, plan vs measured "
+                      "memory per role (about 4 minutes and 20 GB of memory for the default slice)")
+    p.add_argument("--model", metavar="FOLDER", help="a FluxPipeline folder (default: write the real-width slice "
+                   "of python -m mixgrpo_ray.models.flux.flux_slice into OUT/flux-slice)")
+    p.add_argument("--out", default="", help="output folder (default: runs/bench-slice-<time>)")
+    p.add_argument("--ranks", type=int, default=2, help="fsdp learner ranks of the full fine-tuning run")
+    p.add_argument("--tolerance", type=float, default=0.15, help="largest allowed |measured / plan - 1| per role")
+    p.add_argument("--only", choices=("full", "lora"), help="run only one of the two runs")
+    return p
+
+
+def main_slice(argv: list[str]) -> int:
+    args = parse(slice_parser(), argv)
+    if isinstance(args, int):
+        return args
+    out = Path(args.out or f"runs/bench-slice-{time.strftime('%Y%m%d-%H%M%S')}")
+    error = None
+    if args.ranks < 1 or args.tolerance <= 0:
+        error = "--ranks must be >= 1 and --tolerance > 0"
+    elif args.model and not (Path(args.model) / "model_index.json").is_file():
+        error = (f"--model {args.model}: not a FluxPipeline folder (no model_index.json); write one with "
+                 "python -m mixgrpo_ray.models.flux.flux_slice")
+    elif out.exists() and any(p.name != "flux-slice" for p in out.iterdir()):
+        error = f"--out {out} already holds a report or runs; choose a new folder"
+    if error:
+        print(f"{PROG} slice: error: {error}", file=sys.stderr)
+        return 2
+    from mixgrpo_ray.bench.flux_slice_run import format_report, run_slice_bench
+
+    report = run_slice_bench(out, args.model, ranks=args.ranks, tolerance=args.tolerance,
+                             full=args.only != "lora", lora=args.only != "full")
+    print(format_report(report), flush=True)
+    print(f"report: {out / 'report.md'}")
+    return 0 if report["ok"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["phases"]:
         return main_phases(argv[1:])
+    if argv[:1] == ["slice"]:
+        return main_slice(argv[1:])
     args = parse(build_parser(), argv)
     if isinstance(args, int):
         return args

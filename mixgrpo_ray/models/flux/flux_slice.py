@@ -32,6 +32,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -100,15 +101,21 @@ def write_t5_tokenizer(folder: Path, pieces: list[str]):
     return fast
 
 
-def _save(module: torch.nn.Module, folder: Path, dtype: torch.dtype) -> int:
+def _save(module: torch.nn.Module, folder: Path, dtype: Optional[torch.dtype]) -> int:
     count = sum(p.numel() for p in module.parameters())
-    module.to(dtype).save_pretrained(str(folder))
+    if dtype is None:  # built on the meta device: its config only
+        (module.config.save_pretrained if hasattr(module.config, "save_pretrained") else module.save_config)(str(folder))
+    else:
+        module.to(dtype).save_pretrained(str(folder))
     return count
 
 
 def build_flux_slice(root: "str | Path", *, double: int = 1, single: int = 1, t5_layers: int = 1,
-                     clip_layers: int = 1, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
-    """Write the slice's FluxPipeline folder under ``root``; returns each component's parameters."""
+                     clip_layers: int = 1, seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                     weights: bool = True) -> dict[str, int]:
+    """Write the slice's FluxPipeline folder under ``root``; returns each component's parameters.
+    ``weights=False``: the components are made on the meta device and only their configs (and
+    the tokenizers) are written, what ``mixgrpo-ray plan`` reads to size the slice, in a second."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
@@ -118,7 +125,8 @@ def build_flux_slice(root: "str | Path", *, double: int = 1, single: int = 1, t5
     t5_pieces = ["▁"] + ["▁" + c for c in T5_CHARACTERS] + list(T5_CHARACTERS)
     write_t5_tokenizer(root / "tokenizer_2", t5_pieces)
     counts = {}
-    with torch.random.fork_rng(devices=[]):
+    dtype = dtype if weights else None
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if weights else "meta"):
         torch.manual_seed(seed)
         config = dict(FLUX_DEV_TRANSFORMER, num_layers=double, num_single_layers=single)
         counts["transformer"] = _save(FluxTransformer2DModel(**config), root / "transformer", dtype)
