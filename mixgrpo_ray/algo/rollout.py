@@ -15,11 +15,11 @@ import torch
 
 from mixgrpo_ray.common.images import as_uint8
 from mixgrpo_ray.config import GRPOConfig, SamplingConfig
+from mixgrpo_ray.models.guidance import encode_guided, guided_velocity, passes
 from mixgrpo_ray.models.policy import Policy, cond_repeat
 from mixgrpo_ray.models.reward_input import RewardInput
 from mixgrpo_ray.core.dpm_solver import ode_solve
 from mixgrpo_ray.core.mixed_rollout import mixed_rollout
-from mixgrpo_ray.core.schedule import sigma_schedule
 from mixgrpo_ray.core.trajectory import Trajectory
 
 
@@ -35,19 +35,21 @@ class RolloutMeta:
     time_s: float
     pid: int = 0  # process of the actor that sampled (a new one after a restart)
     memory_gb: float = 0.0  # the actor's peak memory so far (mixgrpo_ray.common.process_memory); 0: not measured
+    passes: int = 1  # model passes per velocity evaluation (2 with classifier-free guidance)
 
 
 @dataclass
 class RolloutOutput:
     images: torch.Tensor  # (B, 3, H, W) uint8
     trajectory: Trajectory
-    nfe: int  # model evaluations per sample
+    nfe: int  # model evaluations per sample (both passes of each guided evaluation)
+    passes: int = 1  # model passes per velocity evaluation: 2 with classifier-free guidance
 
 
 def _velocity_fn(policy: Policy, cond):
     def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return policy.velocity(x.to(policy.device), sigma.to(policy.device), cond).float()
+            return guided_velocity(policy, x.to(policy.device), sigma.to(policy.device), cond).float()
 
     return fn
 
@@ -89,10 +91,14 @@ def sample_groups(
     trajectory of their trained steps (``grpo.algorithm`` picks MixGRPO's window or DanceGRPO's
     SDE-everywhere rollout) with every row's prompt conditioning. Deterministic given ``seed``
     and the weights."""
+    if policy.pipeline_schedule and sampling.tail != "euler":
+        raise ValueError(f"sampling.tail={sampling.tail} (MixGRPO-Flash) is defined on MixGRPO's grid, but this model "
+                         "samples on its pipeline's; use sampling.tail=euler")
     gen = torch.Generator().manual_seed(int(seed))
-    prompt_cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(list(prompts)).items()}
+    encoded = encode_guided(policy, prompts, sampling.cfg_scale, sampling.negative_prompt)
+    prompt_cond = {k: v.to(policy.device) for k, v in encoded.items()}
     cond = cond_repeat(prompt_cond, group_size)
-    sigmas = sigma_schedule(sampling.num_steps, sampling.shift)
+    sigmas = policy.sigmas(sampling.num_steps, sampling.shift)
     dance = grpo.algorithm == "dancegrpo"
     steps = list(range(sampling.num_steps)) if dance else list(window)
     start = 0
@@ -146,7 +152,7 @@ def sample_groups(
         # no frozen text encoder
         cond={k: v.detach().cpu().contiguous() for k, v in cond.items()},
     )
-    return RolloutOutput(images=images, trajectory=traj, nfe=out.nfe)
+    return RolloutOutput(images=images, trajectory=traj, nfe=out.nfe * passes(cond), passes=passes(cond))
 
 
 def sample_images(
@@ -161,6 +167,8 @@ def sample_images(
     mix_fraction: float = 1.0,
     float_images: bool = False,
     batch_size: Optional[int] = None,
+    cfg_scale: float = 1.0,
+    negative_prompt: str = "",
 ) -> torch.Tensor:
     """Deterministic ODE samples, one per (prompt, seed) pair, as uint8 ``(B, 3, H, W)`` (or
     float32 in ``[0, 1]`` with ``float_images``).
@@ -169,26 +177,30 @@ def sample_images(
     with ``batch_size`` the policy never sees more than that many images at once.
     With ``base_policy`` and ``mix_fraction < 1`` (test-time mixed-model sampling, docs/algorithm.md eq. (36)) the
     first ``round(mix_fraction * num_steps)`` steps use ``policy`` and the rest ``base_policy``.
+    ``cfg_scale`` > 1: classifier-free guidance against ``negative_prompt``
+    (:mod:`mixgrpo_ray.models.guidance`).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
     if batch_size is not None and len(prompts) > batch_size:
         kwargs = dict(num_steps=num_steps, shift=shift, order=order, base_policy=base_policy,
-                      mix_fraction=mix_fraction, float_images=float_images)
+                      mix_fraction=mix_fraction, float_images=float_images, cfg_scale=cfg_scale,
+                      negative_prompt=negative_prompt)
         return torch.cat([
             sample_images(policy, prompts[i : i + batch_size], seeds[i : i + batch_size], **kwargs)
             for i in range(0, len(prompts), batch_size)
         ])
     x = torch.cat([policy.initial_noise(1, torch.Generator().manual_seed(int(s))) for s in seeds])
     x = x.to(policy.device)
-    sigmas = sigma_schedule(num_steps, shift)
-    cond = {k: v.to(policy.device) for k, v in policy.encode_prompts(list(prompts)).items()}
+    sigmas = policy.sigmas(num_steps, shift)
+    cond = {k: v.to(policy.device) for k, v in encode_guided(policy, prompts, cfg_scale, negative_prompt).items()}
     if base_policy is None or mix_fraction >= 1.0:
         x = ode_solve(_velocity_fn(policy, cond), x, sigmas, order=order)
     else:
         split = int(round(mix_fraction * num_steps))
         x = ode_solve(_velocity_fn(policy, cond), x, sigmas[: split + 1], order=order)
-        base_cond = {k: v.to(base_policy.device) for k, v in base_policy.encode_prompts(list(prompts)).items()}
+        base_cond = {k: v.to(base_policy.device)
+                     for k, v in encode_guided(base_policy, prompts, cfg_scale, negative_prompt).items()}
         x = ode_solve(_velocity_fn(base_policy, base_cond), x.to(base_policy.device), sigmas[split:], order=order)
         policy = base_policy
     with torch.no_grad():

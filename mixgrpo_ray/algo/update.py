@@ -25,6 +25,7 @@ import torch.distributed as dist
 from mixgrpo_ray.config import OptimConfig
 from mixgrpo_ray.algo.sharding import all_reduce_int, all_reduce_mean, to_float
 from mixgrpo_ray.core.grpo import grpo_loss
+from mixgrpo_ray.models.guidance import guided_velocity
 from mixgrpo_ray.models.policy import Cond, Policy
 from mixgrpo_ray.core.steps import sde_log_prob, sde_mean_std
 from mixgrpo_ray.core.trajectory import Trajectory
@@ -175,7 +176,7 @@ class GRPOTrainer:
         x = batch.latents[:, j].to(dev)
         sig = batch.sigmas[:, j].to(dev)
         sig_n = batch.sigmas_next[:, j].to(dev)
-        v = self.policy.velocity(x, sig, cond).float()
+        v = guided_velocity(self.policy, x, sig, cond).float()  # the rollout's guidance, if any
         mean, std = sde_mean_std(x, v, sig, sig_n, batch.noise_level, batch.sde_kind)
         return sde_log_prob(batch.next_latents[:, j].to(dev), mean, std)
 

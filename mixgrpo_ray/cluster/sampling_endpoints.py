@@ -52,7 +52,7 @@ class SamplingEndpoints:
         meta = RolloutMeta(worker=self.index, version=self.weight_version, nfe=out.nfe,
                            num_images=int(out.images.shape[0]),
                            num_trained_steps=out.trajectory.num_trained_steps, time_s=elapsed, pid=os.getpid(),
-                           memory_gb=self.memory.peak_gb())
+                           memory_gb=self.memory.peak_gb(), passes=out.passes)
         self._sampling_metrics.sampled(meta.num_images, out.nfe, elapsed)
         return (*images_for(out.images, inputs), self._hand_out(out.trajectory, seed), meta)
 
@@ -64,8 +64,9 @@ class SamplingEndpoints:
         samples and returns None: a worker of a sharded module takes part in the others'
         collectives this way when it has no images of its own to make."""
         self._prepare(version, weights)
-        images = sample_images(self.sampler, prompts, seeds, num_steps=self.sampling.num_steps,
-                               shift=self.sampling.shift, batch_size=self.eval_batch_size)
+        s = self.sampling
+        images = sample_images(self.sampler, prompts, seeds, num_steps=s.num_steps, shift=s.shift,
+                               batch_size=self.eval_batch_size, cfg_scale=s.cfg_scale, negative_prompt=s.negative_prompt)
         if not keep:
             return None if inputs is None or len(inputs) == 1 else (None,) * len(inputs)
         if inputs is None:

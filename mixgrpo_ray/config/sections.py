@@ -108,6 +108,8 @@ class SamplingConfig(Section):
     tail: Tail = "euler"  # euler (MixGRPO) or dpm2 (MixGRPO-Flash)
     tail_compression: Float = Field(0.4, gt=0, le=1)
     share_group_noise: Bool = True  # a group shares one initial noise
+    cfg_scale: Float = Field(1.0, gt=0)  # true classifier-free guidance (docs/algorithm.md §1.1); 1 = off
+    negative_prompt: Str = ""  # the unconditional prompt of classifier-free guidance
 
 
 class WindowConfig(Section):

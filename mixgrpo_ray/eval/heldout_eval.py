@@ -112,7 +112,8 @@ def score_model(key: str, label: str, policy, prompts: Sequence[str], seeds: Seq
         texts = [p for p, _ in chunk]
         images = sample_images(
             policy, texts, [s for _, s in chunk], num_steps=cfg.sampling.num_steps, shift=cfg.sampling.shift,
-            base_policy=base_policy, mix_fraction=mix_fraction,
+            base_policy=base_policy, mix_fraction=mix_fraction, cfg_scale=cfg.sampling.cfg_scale,
+            negative_prompt=cfg.sampling.negative_prompt,
         )
         for name, model in rewards.items():
             step = max(1, cfg.rewards[name].batch_size)

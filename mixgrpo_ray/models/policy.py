@@ -26,6 +26,8 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
+from mixgrpo_ray.core.schedule import sigma_schedule
+
 Cond = dict[str, torch.Tensor]
 
 
@@ -120,6 +122,15 @@ class Policy(ABC):
             yield
         finally:
             part.to("cpu")
+
+    def sigmas(self, num_steps: int, shift: float) -> torch.Tensor:
+        """The ``num_steps + 1`` noise levels sampling goes through, from 1 to 0: MixGRPO's grid
+        (docs/algorithm.md eq. (4), with ``shift`` = ``sampling.shift``) unless the model samples
+        on its own pipeline's grid (§2.1; :attr:`pipeline_schedule`)."""
+        return sigma_schedule(num_steps, shift)
+
+    #: the model samples on its pipeline's own grid (:meth:`sigmas`), not MixGRPO's (eq. (4))
+    pipeline_schedule: bool = False
 
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal latents ``(batch, *latent_shape())`` in float32 on CPU."""

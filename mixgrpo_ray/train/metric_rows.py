@@ -57,7 +57,7 @@ def iteration_row(
         if key in train_stats:
             row[f"train/{key}"] = train_stats[key]
     row["nfe/rollout"] = max(m.nfe for m in metas)
-    row["nfe/policy"] = metas[0].num_trained_steps
+    row["nfe/policy"] = metas[0].num_trained_steps * metas[0].passes  # both passes of a guided velocity
     for phase in PHASES:
         row[f"time/{phase}_s"] = seconds.get(phase, 0.0)
     row["time/iteration_s"] = sum(seconds.get(p, 0.0) for p in PHASES)
