@@ -9,6 +9,7 @@ What is written depends on what the run trained (``model.kind``, ``model.lora_ra
 * **FLUX, LoRA:** ``pytorch_lora_weights.safetensors`` in diffusers' LoRA format (keys
   ``transformer.<module>.lora_A/B.weight``, the adapter's rank and alpha in the metadata) for
   ``FluxPipeline.load_lora_weights(OUT)``.
+* **SD3 / SD3.5:** the same with ``SD3Transformer2DModel`` and ``StableDiffusion3Pipeline``.
 * **tiny:** the tiny model's own folder (``config.json`` + ``model.safetensors``) for
   ``TinyPolicy.from_pretrained(OUT)``.
 
@@ -33,6 +34,9 @@ from mixgrpo_ray.eval.heldout_eval import resolve_eval_config
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: per diffusers model kind: (pipeline class, transformer class, default base model)
+DIFFUSERS = {"flux": ("FluxPipeline", "FluxTransformer2DModel", "black-forest-labs/FLUX.1-dev"),
+             "sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel", "stabilityai/stable-diffusion-3.5-medium")}
 
 
 class ExportError(ValueError):
@@ -65,15 +69,15 @@ def write_flux_transformer(cfg: Config, state: Mapping[str, torch.Tensor], out: 
                            max_shard_size: str) -> None:
     """The base transformer's config with the trained weights (no random initialisation: the
     model is built on the meta device and the weights are assigned)."""
+    import diffusers
     from accelerate import init_empty_weights
-    from diffusers import FluxTransformer2DModel
 
-    from mixgrpo_ray.models.flux import flux_folder as flux_loading
-
-    base = cfg.model.path or flux_loading.DEFAULT_FLUX_MODEL
-    config = FluxTransformer2DModel.load_config(base, subfolder="transformer")
+    _, transformer_class, default = DIFFUSERS[cfg.model.kind]
+    base = cfg.model.path or default
+    cls = getattr(diffusers, transformer_class)
+    config = cls.load_config(base, subfolder="transformer")
     with init_empty_weights():
-        model = FluxTransformer2DModel.from_config(config)
+        model = cls.from_config(config)
     expected = set(model.state_dict())
     if set(state) != expected:
         missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -83,24 +87,29 @@ def write_flux_transformer(cfg: Config, state: Mapping[str, torch.Tensor], out: 
     model.save_pretrained(str(out), safe_serialization=True, max_shard_size=max_shard_size)
 
 
-def lora_metadata(rank: int, alpha: float) -> dict:
+def lora_metadata(rank: int, alpha: float, kind: str = "flux") -> dict:
     """The adapter configuration diffusers stores beside LoRA weights (peft's ``LoraConfig``)."""
     from peft import LoraConfig
 
     from mixgrpo_ray.models.flux.lora import LORA_TARGET_PATTERN
 
+    targets = LORA_TARGET_PATTERN
+    if kind == "sd3":
+        from mixgrpo_ray.models.sd3.sd3_policy import SD3_LORA_TARGETS as targets
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha) if alpha > 0 else float(rank), lora_dropout=0.0,
-                        target_modules=LORA_TARGET_PATTERN)
+                        target_modules=targets)
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
 
 
 def write_flux_lora(cfg: Config, state: Mapping[str, torch.Tensor], out: Path, dtype: torch.dtype) -> None:
-    from diffusers import FluxPipeline
+    """diffusers' LoRA file of the kind's pipeline (``FluxPipeline`` or ``StableDiffusion3Pipeline``)."""
+    import diffusers
 
-    FluxPipeline.save_lora_weights(
+    pipeline = getattr(diffusers, DIFFUSERS[cfg.model.kind][0])
+    pipeline.save_lora_weights(
         str(out), transformer_lora_layers={k: v.to(dtype).contiguous() for k, v in state.items()},
         weight_name=LORA_WEIGHTS_FILE,
-        transformer_lora_adapter_metadata=lora_metadata(cfg.model.lora_rank, cfg.model.lora_alpha),
+        transformer_lora_adapter_metadata=lora_metadata(cfg.model.lora_rank, cfg.model.lora_alpha, cfg.model.kind),
     )
 
 
@@ -122,11 +131,11 @@ def model_card(cfg: Config, weights: Path, usage: str, summary: Optional[dict]) 
     if m.kind == "tiny":
         base = "the embedded tiny model" + (f" {m.path}" if m.path and m.path.startswith("builtin:") else "")
     else:
-        base = m.path or "black-forest-labs/FLUX.1-dev"
-    trained = f"LoRA adapters (rank {m.lora_rank})" if m.kind == "flux" and m.lora_rank else "all transformer weights"
+        base = m.path or DIFFUSERS[m.kind][2]
+    trained = f"LoRA adapters (rank {m.lora_rank})" if m.kind in DIFFUSERS and m.lora_rank else "all transformer weights"
     lines = [
-        "---", "library_name: diffusers" if m.kind == "flux" else "library_name: mixgrpo-ray",
-        "tags: [text-to-image, flux, grpo, mixgrpo]", "---", "",
+        "---", "library_name: diffusers" if m.kind in DIFFUSERS else "library_name: mixgrpo-ray",
+        f"tags: [text-to-image, {'flux' if m.kind == 'tiny' else m.kind}, grpo, mixgrpo]", "---", "",
         f"# {weights.parent.name} of a MixGRPO run", "",
         f"- base model: `{base}` ({m.kind})",
         f"- trained: {trained}",
@@ -150,12 +159,13 @@ def usage_snippet(cfg: Config, out: Path) -> str:
     """How to load the exported model (Python)."""
     if cfg.model.kind == "tiny":
         return f"from mixgrpo_ray.models.tiny.model import TinyPolicy\npolicy = TinyPolicy.from_pretrained({str(out)!r})"
-    base = cfg.model.path or "black-forest-labs/FLUX.1-dev"
-    pipe = f"FluxPipeline.from_pretrained({base!r}, torch_dtype=torch.bfloat16"
+    pipeline, transformer, default = DIFFUSERS[cfg.model.kind]
+    base = cfg.model.path or default
+    pipe = f"{pipeline}.from_pretrained({base!r}, torch_dtype=torch.bfloat16"
     if cfg.model.lora_rank:
-        return f"import torch\nfrom diffusers import FluxPipeline\npipe = {pipe})\npipe.load_lora_weights({str(out)!r})"
-    return (f"import torch\nfrom diffusers import FluxPipeline, FluxTransformer2DModel\n"
-            f"transformer = FluxTransformer2DModel.from_pretrained({str(out)!r}, torch_dtype=torch.bfloat16)\n"
+        return f"import torch\nfrom diffusers import {pipeline}\npipe = {pipe})\npipe.load_lora_weights({str(out)!r})"
+    return (f"import torch\nfrom diffusers import {pipeline}, {transformer}\n"
+            f"transformer = {transformer}.from_pretrained({str(out)!r}, torch_dtype=torch.bfloat16)\n"
             f"pipe = {pipe}, transformer=transformer)")
 
 
@@ -178,7 +188,7 @@ def export(*, checkpoint: str, out: str, presets: Sequence[str] = (), overrides:
     from mixgrpo_ray.models.flux.flux_folder import is_lora_state
 
     lora = is_lora_state(state)
-    if cfg.model.kind == "tiny" and lora or cfg.model.kind == "flux" and lora != bool(cfg.model.lora_rank):
+    if cfg.model.kind == "tiny" and lora or cfg.model.kind in DIFFUSERS and lora != bool(cfg.model.lora_rank):
         raise ExportError(f"--checkpoint holds {'LoRA adapters' if lora else 'full weights'} but the config says "
                           f"model.kind={cfg.model.kind}, model.lora_rank={cfg.model.lora_rank}; pass the run's config")
     staging = out_path.with_name(f".{out_path.name}.partial")
@@ -191,10 +201,10 @@ def export(*, checkpoint: str, out: str, presets: Sequence[str] = (), overrides:
             what = "tiny model folder (TinyPolicy.from_pretrained)"
         elif lora:
             write_flux_lora(cfg, state, staging, DTYPES[dtype])
-            what = "diffusers LoRA weights (FluxPipeline.load_lora_weights)"
+            what = f"diffusers LoRA weights ({DIFFUSERS[cfg.model.kind][0]}.load_lora_weights)"
         else:
             write_flux_transformer(cfg, state, staging, DTYPES[dtype], max_shard_size)
-            what = "diffusers FluxTransformer2DModel folder"
+            what = f"diffusers {DIFFUSERS[cfg.model.kind][1]} folder"
         if card:
             run = run_of(weights)
             summary_file = run / "summary.json" if run is not None else None

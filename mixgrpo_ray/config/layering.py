@@ -26,8 +26,9 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files if p.name.endswith(".yaml"))
 
 
-def load_preset(name_or_path: str) -> dict:
-    """The dict of a shipped preset (by stem, e.g. ``tiny``) or of a YAML file path."""
+def load_preset(name_or_path: str, _seen: tuple = ()) -> dict:
+    """The dict of a shipped preset (by stem, e.g. ``tiny``) or of a YAML file path. A top-level
+    ``base: <preset or path>`` starts it from that preset (``sd35_lora`` is ``sd35`` with LoRA)."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -47,7 +48,14 @@ def load_preset(name_or_path: str) -> dict:
         raise ConfigError(f"config {name_or_path!r} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {name_or_path!r} must be a YAML mapping at the top level")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {name_or_path!r}: base must name one preset or YAML file, got {base!r}")
+    if base in _seen or base == name_or_path:
+        raise ConfigError(f"config {name_or_path!r}: base {base!r} leads back to itself")
+    return deep_merge(load_preset(base, (*_seen, name_or_path)), data)
 
 
 def deep_merge(base: dict, over: dict) -> dict:

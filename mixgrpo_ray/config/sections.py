@@ -66,7 +66,8 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """Which policy to train. ``kind``: ``tiny`` (embedded) or ``flux`` (diffusers FLUX)."""
+    """Which policy to train. ``kind``: ``tiny`` (embedded), ``flux`` (a diffusers FluxPipeline folder)
+    or ``sd3`` (a StableDiffusion3Pipeline folder: SD3 / SD3.5)."""
 
     section_key: ClassVar[str] = "model"
     kind: ModelKind = "tiny"

@@ -11,7 +11,7 @@ from mixgrpo_ray.models.policy import Policy
 
 #: images per evaluation / grid sampling call when ``data.eval_batch_size`` is 0 (auto), by
 #: ``model.kind``: a 720x720 FLUX batch of 8 fits beside its text encoders on one 80 GB GPU.
-EVAL_BATCH_SIZE = {"tiny": 256, "flux": 8}
+EVAL_BATCH_SIZE = {"tiny": 256, "flux": 8, "sd3": 8}
 
 
 class NoCudaError(RuntimeError):
@@ -48,16 +48,16 @@ def import_model_code(model: ModelConfig) -> None:
     :class:`~mixgrpo_ray.common.process_memory.PeakMemory`, holds the code and not the model)."""
     import importlib
 
-    if model.kind != "flux":
+    if model.kind not in ("flux", "sd3"):
         importlib.import_module("mixgrpo_ray.models.tiny.model")
         return
-    importlib.import_module("mixgrpo_ray.models.flux.flux_policy")
+    importlib.import_module(POLICY_MODULES[model.kind])
     import diffusers
     import transformers
 
-    for name in ("FluxTransformer2DModel", "AutoencoderKL", "FlowMatchEulerDiscreteScheduler"):
+    for name in ("FluxTransformer2DModel", "SD3Transformer2DModel", "AutoencoderKL", "FlowMatchEulerDiscreteScheduler"):
         getattr(diffusers, name)  # diffusers and transformers import a model's code on first use
-    for name in ("T5EncoderModel", "CLIPTextModel", "CLIPTokenizer", "T5TokenizerFast"):
+    for name in ("T5EncoderModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "T5TokenizerFast"):
         getattr(transformers, name)
     if model.lora_rank:
         importlib.import_module("peft")
@@ -78,11 +78,21 @@ def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trai
         if trainable:  # its text encoder is frozen: RL trains the transformer only
             policy.without_text_encoder()
         return policy.to(device)
-    if model.kind == "flux":
-        from mixgrpo_ray.models.flux.flux_policy import FluxPolicy
+    if model.kind in POLICY_MODULES:
+        return policy_class(model).from_model_config(model, device=device, trainable=trainable)
+    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny, flux or sd3")
 
-        return FluxPolicy.from_model_config(model, device=device, trainable=trainable)
-    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny or flux")
+
+#: the module of each diffusers model kind's policy class
+POLICY_MODULES = {"flux": "mixgrpo_ray.models.flux.flux_policy", "sd3": "mixgrpo_ray.models.sd3.sd3_policy"}
+
+
+def policy_class(model: ModelConfig):
+    """The policy class of a diffusers model kind (``FluxPolicy``, ``SD3Policy``)."""
+    import importlib
+
+    module = importlib.import_module(POLICY_MODULES[model.kind])
+    return getattr(module, {"flux": "FluxPolicy", "sd3": "SD3Policy"}[model.kind])
 
 
 def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
@@ -94,6 +104,8 @@ def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
         from mixgrpo_ray.models.flux.flux_policy import shared_base
 
         return shared_base(trained, model)
+    if model.kind == "sd3" and model.lora_rank:
+        return trained.base_view()
     return build_policy(model, trained.device, trainable=False)
 
 
@@ -109,8 +121,6 @@ def build_sampler(model: ModelConfig, device: torch.device | str = "cpu", traine
         policy.transformer = trained.transformer
         policy.shared_denoiser = True
         return policy.to(device)
-    if model.kind == "flux":
-        from mixgrpo_ray.models.flux.flux_policy import FluxPolicy
-
-        return FluxPolicy.from_model_config(model, device=device, trainable=False, denoiser=trained.transformer)
-    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny or flux")
+    if model.kind in POLICY_MODULES:
+        return policy_class(model).from_model_config(model, device=device, trainable=False, denoiser=trained.transformer)
+    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny, flux or sd3")

@@ -47,7 +47,7 @@ def hybrid_rows(cfg: Config, size: ModelSize, weights: str) -> list[tuple[str, f
     frozen = {name: c * count / GB for name, count in size.frozen.items()}
     if not cfg.rollout.offload_encoders:
         resident += [(f"{name} ({cfg.model.kind})", v) for name, v in frozen.items()]
-    images = cfg.grpo.group_size * prompts_per_call(cfg)
+    images = cfg.grpo.group_size * prompts_per_call(cfg) * (2 if cfg.sampling.cfg_scale != 1.0 else 1)  # CFG doubles
     sampling = [(f"activations (no grad) x{images}", 4 * size.tokens * size.hidden * images / GB)]
     if weights == "module" and fsdp:
         sampling.append(("gathered blocks", 2 * c * size.block_max / GB))

@@ -34,6 +34,11 @@ DEFAULT_TFLOPS = 400.0
 MAX_WINDOWS = 1000
 
 
+def guidance_passes(cfg: Config) -> int:
+    """Model passes per velocity: 2 with classifier-free guidance (``sampling.cfg_scale`` != 1)."""
+    return 2 if cfg.sampling.cfg_scale != 1.0 else 1
+
+
 def flops_per_image_step(size: ModelSize) -> float:
     """FLOPs of one transformer forward for one image (counted; see the module docstring)."""
     if size.forward_flops <= 0:
@@ -78,7 +83,8 @@ class LayoutTime:
 def _costs(cfg: Config, size: ModelSize, tflops: float) -> tuple[float, float]:
     """Seconds per image sampled and per sample trained on one GPU."""
     per_image, trained, _ = image_steps(cfg)
-    step_s = flops_per_image_step(size) / (tflops * 1e12)
+    # classifier-free guidance evaluates every velocity on a doubled batch (docs/algorithm.md eq. (1a))
+    step_s = flops_per_image_step(size) * guidance_passes(cfg) / (tflops * 1e12)
     passes = 3 + (1 if cfg.model.gradient_checkpointing else 0)
     return per_image * step_s, trained * passes * step_s
 

@@ -7,7 +7,8 @@ Sizes are counted, not guessed: the transformer, text encoders and VAE are insta
 architecture), so P (trainable parameters) and every block's size are exact. GB = 1e9 bytes.
 
 Formulas (per GPU; N learner ranks, b = samples per rank per update = samples_per_update / N,
-T = tokens = (H/16)(W/16) + max_sequence_length for FLUX, d = hidden width, L = blocks):
+T = tokens = (H/16)(W/16) + max_sequence_length for FLUX (+ 77 CLIP tokens for SD3), d = hidden
+width, L = blocks; SD3's blocks are its joint blocks):
 
 * learner, full fine-tuning — weights 4P, gradients 4P, AdamW 8P bytes (fp32 masters):
   ``replicate`` holds all of it on every rank, ``fsdp`` 1/N of it (``offload_optimizer``: on the
@@ -20,7 +21,8 @@ T = tokens = (H/16)(W/16) + max_sequence_length for FLUX, d = hidden width, L = 
   LoRA: the frozen transformer in the compute dtype (2P_all) + 16 P_lora.
 * activations per sample, bf16 (Korthikanti et al. 2022, eq. 2 with memory-efficient attention:
   34 T d bytes per block): without gradient checkpointing ``34 T d L``; with it the block inputs
-  ``2 T d L`` plus one block recomputed ``34 T d``. Times b, and times c / 2 for the compute dtype.
+  ``2 T d L`` plus one block recomputed ``34 T d``. Times b, and times c / 2 for the compute dtype;
+  with classifier-free guidance (``sampling.cfg_scale`` != 1) times 2: the doubled batch.
 * text encoders and VAE in the compute dtype: on rollout actors only. A learner holds only what it
   trains and conditions on the prompt embeddings the trajectory carries (b rows of
   max_sequence_length x 4096 T5 states on the GPU per update, ~13 MB for FLUX: left out).
@@ -89,6 +91,8 @@ def model_size(cfg: Config) -> ModelSize:
         size = _size(tr, image_tokens + tc.text_tokens, {"text_encoder": _meta_count(enc)})
         size.forward_flops = forward_flops(tr, image_tokens, tc.text_tokens)
         return size
+    if m.kind == "sd3":
+        return _sd3_size(cfg)
     from diffusers import FluxTransformer2DModel
 
     from mixgrpo_ray.models.flux.flux_slice import FLUX_DEV_TRANSFORMER  # FLUX.1-dev's own config
@@ -101,6 +105,56 @@ def model_size(cfg: Config) -> ModelSize:
     size = _size(tr, image_tokens + m.max_sequence_length, _frozen(Path(m.path or "")))
     size.forward_flops = forward_flops(tr, image_tokens, m.max_sequence_length)
     return size
+
+
+#: StableDiffusion3Pipeline's components when model.path is no local folder: SD3.5 Medium's
+#: transformer config (diffusers' stabilityai/stable-diffusion-3.5-medium, 2.243 B counted on the
+#: meta device) and its frozen parts' parameters (CLIP-L and CLIP-G with projections, T5-XXL's
+#: encoder, the 16-channel VAE; counted from their configs on the meta device)
+SD35_MEDIUM_TRANSFORMER = dict(
+    attention_head_dim=64, caption_projection_dim=1536, dual_attention_layers=tuple(range(13)), in_channels=16,
+    joint_attention_dim=4096, num_attention_heads=24, num_layers=24, out_channels=16, patch_size=2,
+    pooled_projection_dim=2048, pos_embed_max_size=384, qk_norm="rms_norm", sample_size=128)
+SD35_FROZEN = {"text_encoder": 123.65e6, "text_encoder_2": 694.66e6, "text_encoder_3": 4.762e9, "vae": 83.82e6}
+SD3_CLIP_TOKENS = 77  # the two CLIPs' context, ahead of T5's max_sequence_length tokens
+
+
+def _sd3_size(cfg: Config) -> ModelSize:
+    from diffusers import AutoencoderKL, SD3Transformer2DModel
+    from transformers import AutoConfig, CLIPTextModelWithProjection, T5EncoderModel
+
+    m = cfg.model
+    root = Path(m.path or "")
+    folder = root / "transformer" / "config.json"
+    config = json.loads(folder.read_text()) if folder.is_file() else SD35_MEDIUM_TRANSFORMER
+    with torch.device("meta"):
+        tr = SD3Transformer2DModel.from_config(config)
+        if (root / "text_encoder_3" / "config.json").is_file():
+            frozen = {sub: _meta_count(CLIPTextModelWithProjection(AutoConfig.from_pretrained(str(root / sub))))
+                      for sub in ("text_encoder", "text_encoder_2")}
+            frozen["text_encoder_3"] = _meta_count(T5EncoderModel(AutoConfig.from_pretrained(str(root / "text_encoder_3"))))
+            frozen["vae"] = _meta_count(AutoencoderKL.from_config(AutoencoderKL.load_config(str(root / "vae"))))
+        else:
+            frozen = dict(SD35_FROZEN)
+    image_tokens = (m.height // 16) * (m.width // 16)  # 8x VAE, 2x2 patches
+    text_tokens = SD3_CLIP_TOKENS + m.max_sequence_length
+    size = _size(tr, image_tokens + text_tokens, frozen)
+    c = tr.config
+    with torch.device("meta"):
+        inputs = dict(hidden_states=torch.zeros(1, c.in_channels, m.height // 8, m.width // 8),
+                      encoder_hidden_states=torch.zeros(1, text_tokens, c.joint_attention_dim),
+                      pooled_projections=torch.zeros(1, c.pooled_projection_dim), timestep=torch.full((1,), 500.0),
+                      return_dict=False)
+    size.forward_flops = _count_flops(tr, inputs)
+    return size
+
+
+def _count_flops(tr: torch.nn.Module, inputs: dict) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        tr(**inputs)
+    return float(counter.get_total_flops())
 
 
 def forward_flops(tr: torch.nn.Module, image_tokens: int, text_tokens: int) -> float:
@@ -176,7 +230,9 @@ def learner_rows(cfg: Config, size: ModelSize, workers: int, strategy: str) -> l
                      ("block gradient fp32", 4 * size.block_max),
                      (f"gathered root module {name} + its gradient", (g + 4) * size.root)]
     per_rank = max(1, cfg.optim.samples_per_update // workers)
-    rows.append((f"activations x{per_rank} sample(s)", per_rank * activation_bytes(cfg, size) * c / 2))
+    cfg_passes = 2 if cfg.sampling.cfg_scale != 1.0 else 1  # a guided velocity runs a doubled batch
+    rows.append((f"activations x{per_rank * cfg_passes} sample(s)" + (" (guided: doubled)" if cfg_passes > 1 else ""),
+                 per_rank * cfg_passes * activation_bytes(cfg, size) * c / 2))
     rows.append(("sync bucket", cfg.learner.sync_bucket_mb * 2**20 if cfg.learner.sync_transport == "collective" else 0))
     rows.append(("runtime", RUNTIME_GB * GB))
     return [(k, v / GB) for k, v in rows]
@@ -199,6 +255,7 @@ def _frozen_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
 def rollout_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
     c = _compute_bytes(cfg, cfg.rollout.num_gpus > 0)
     batch = cfg.grpo.group_size * max(1, cfg.rollout.prompts_per_call or cfg.data.prompts_per_iteration)
+    batch *= 2 if cfg.sampling.cfg_scale != 1.0 else 1  # classifier-free guidance: a doubled batch
     rows = [("weights (compute dtype)", c * size.params), *_frozen_rows(cfg, size),
             (f"activations (no grad) x{batch}", 4 * size.tokens * size.hidden * batch),
             ("sync bucket", cfg.learner.sync_bucket_mb * 2**20), ("runtime", RUNTIME_GB * GB)]

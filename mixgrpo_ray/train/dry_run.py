@@ -89,7 +89,7 @@ def role_dtype(cfg: Config, probe: RoleProbe, device: Optional[str]) -> str:
     """The precision ``probe``'s actors would compute in on ``device``."""
     if probe.kind == "reward":
         return str(cfg.rewards[probe.role.split("/", 1)[1]].options.get("dtype") or "model default")
-    if cfg.model.kind != "flux":
+    if cfg.model.kind == "tiny":
         return "fp32"
     compute = short_name(compute_dtype(cfg.model.dtype, device or "cpu"))
     if probe.kind == "rollout" or (compute == "fp32" and cfg.model.lora_rank == 0):

@@ -34,9 +34,10 @@ LORA_TARGET_PATTERN = (
 ADAPTER_NAME = "default"
 
 
-def add_lora(transformer: torch.nn.Module, rank: int, alpha: float = 0.0) -> None:
+def add_lora(transformer: torch.nn.Module, rank: int, alpha: float = 0.0, targets: str = LORA_TARGET_PATTERN) -> None:
     """Inject LoRA adapters of ``rank`` (scaling ``alpha / rank``; ``alpha = 0`` means ``rank``)
-    into the target layers and freeze everything else."""
+    into the layers whose names fully match ``targets`` (default: FLUX's, see the module
+    docstring) and freeze everything else."""
     from peft import LoraConfig
 
     if rank < 1:
@@ -46,7 +47,7 @@ def add_lora(transformer: torch.nn.Module, rank: int, alpha: float = 0.0) -> Non
         lora_alpha=float(alpha) if alpha > 0 else float(rank),
         lora_dropout=0.0,
         init_lora_weights=True,
-        target_modules=LORA_TARGET_PATTERN,
+        target_modules=targets,
     )
     transformer.requires_grad_(False)
     transformer.add_adapter(config, adapter_name=ADAPTER_NAME)
