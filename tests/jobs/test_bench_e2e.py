@@ -19,26 +19,19 @@ SMALL = ["data.eval_prompts=3", "data.eval_seeds=1", "data.prompts_per_iteration
 LOCAL_RAY = {"num_cpus": 8}  # the local Ray of every benchmarked run (tests/conftest.py)
 
 
-def expected_rollout_nfe(T: int, L: int, tail: str, r: float) -> int:
-    """docs/algorithm.md eq. (21): T for the Euler tail, L + n for DPM-Solver++ (eq. (20), n >= 2)."""
-    if tail == "euler":
-        return T
-    return L + max(int(max((T - L) * r, 1)), 2)
-
-
 def test_benchmark_table_and_nfe_counts(local_ray, tmp_path):
     from mixgrpo_ray.bench.e2e import run_benchmark
     from mixgrpo_ray.bench.e2e_report import format_table, write_report
 
-    names = ["dancegrpo", "dancegrpo_4", "mixgrpo", "mixgrpo_flash_star", "mixgrpo_async", "mixgrpo_colocated"]
+    # (dancegrpo_4 and mixgrpo_flash_star differ from these only in config; their NFE is
+    # tests/jobs/test_bench.py's, in-process)
+    names = ["dancegrpo", "mixgrpo", "mixgrpo_async", "mixgrpo_colocated"]
     res = run_benchmark(names, tmp_path / "runs", iterations=2, block=1, eval_every=2, overrides=SMALL,
                         log=lambda s: None)
     assert list(res) == names
     T, w = 25, 4
     assert res["dancegrpo"]["nfe_rollout"] == T and res["dancegrpo"]["nfe_policy"] == int(0.6 * (T - 1))  # 14
-    assert res["dancegrpo_4"]["nfe_rollout"] == T and res["dancegrpo_4"]["nfe_policy"] == 4
     assert res["mixgrpo"]["nfe_rollout"] == T and res["mixgrpo"]["nfe_policy"] == w
-    assert res["mixgrpo_flash_star"]["nfe_rollout"] == expected_rollout_nfe(T, w - 1, "dpm2", 0.2) == 7
     for name, r in res.items():
         assert r["median_s"] > 0 and r["pipeline_over_plain"] > 0
         assert set(r["phase_s"]) == {"rollout", "reward", "train", "sync"}

@@ -24,10 +24,12 @@ def test_slice_bench_trains_exports_reloads_and_measures_each_role(tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = write_pipeline_index(build_tiny_flux(tmp_path / "flux"))
     out = tmp_path / "bench"
-    assert main(["slice", "--model", str(folder), "--out", str(out), "--tolerance", "1000"]) == 0
+    # the full fine-tuning run only (2 fsdp ranks, collective sync): the LoRA run's export and reload
+    # are tests/jobs/test_export.py's and its config is the drift test's, below
+    assert main(["slice", "--model", str(folder), "--out", str(out), "--tolerance", "1000", "--only", "full"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
-    assert report["ok"] and [r["run"] for r in report["runs"]] == ["full", "lora"]
+    assert report["ok"] and [r["run"] for r in report["runs"]] == ["full"]
     assert (out / "report.md").read_text() in printed
     for r in report["runs"]:
         assert r["iterations"] == 2
@@ -40,9 +42,7 @@ def test_slice_bench_trains_exports_reloads_and_measures_each_role(tmp_path, mon
             assert m["plan_gb"] == pytest.approx(sum(v for k, v in rows if k != "runtime"))
             measured = [row[flux_slice_run.ROLES[m["role"]]] for row in metrics if "reward_mean" in row]
             assert m["measured_gb"] == max(measured) > 0
-    lora = next(r for r in report["runs"] if r["run"] == "lora")
-    assert (out / "export-lora" / "pytorch_lora_weights.safetensors").is_file() and lora["learner"] == "lora rank 16"
-    assert (out / "export-full" / "config.json").is_file()
+    assert (out / "export-full" / "config.json").is_file() and report["runs"][0]["learner"] == "fsdp x2"
 
 
 def test_peak_memory_counts_what_the_process_holds_after_the_model_is_built():
@@ -58,7 +58,7 @@ def test_peak_memory_counts_what_the_process_holds_after_the_model_is_built():
     memory.loaded()  # loading is over: the peak starts again from what is resident now
     assert memory.peak_gb() < 0.1
     held = torch.ones(25_000_000)
-    assert 0.09 < memory.peak_gb() < 0.2
+    assert 0.09 < memory.peak_gb() < 0.2 and held.numel() == 25_000_000
 
 
 def test_bad_slice_bench_input_is_one_line_exit_2(tmp_path, capsys):
