@@ -88,6 +88,19 @@ def test_presets_and_bad_tail_are_checked():
         resolve(["sd35", "mixgrpo_flash"], [])
 
 
+def test_dry_run_on_paper_shows_the_sd3_roles_and_memory(capsys):
+    from mixgrpo_ray.cli.train_cli import main as train_main
+    from mixgrpo_ray.plan import colocated_plan, memory_plan
+
+    cfg = resolve(["sd35_lora", "mixgrpo"], [])
+    rows = colocated_plan.hybrid_rows(cfg, memory_plan.model_size(cfg), "module")
+    assert train_main(["--dry-run", "--config", "sd35_lora", "--config", "mixgrpo", "--gpus-per-node", "8"]) == 0
+    out = capsys.readouterr().out
+    hybrid = next(line for line in out.splitlines() if line.startswith("hybrid "))
+    assert "x8" in hybrid and "fp32 LoRA adapters" in hybrid and f"~{sum(v for _, v in rows):.1f} GB" in hybrid
+    assert "reward/pickscore" in out and "the run fits" in out
+
+
 @pytest.mark.parametrize("lora", [True, False], ids=["lora-disaggregated", "full-colocated"])
 def test_two_iterations_export_and_reload_in_diffusers(sd3_dir, tmp_path, monkeypatch, lora):
     from mixgrpo_ray.cli import main as cli_main
