@@ -24,16 +24,10 @@ from typing import Optional
 import ray
 import torch
 
+from mixgrpo_ray.common.process_memory import resident_bytes
 from mixgrpo_ray.cluster.weight_sync import SenderEndpoints, WeightReceiver, WeightSender, WeightSync
 
 ROW = 3072  # FLUX hidden width: tensors are (rows, 3072) fp32
-
-
-def _rss(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def synthetic_state(size_bytes: int, tensors: int = 64) -> dict[str, torch.Tensor]:
@@ -61,10 +55,10 @@ class SyntheticLearner(SenderEndpoints):
 
     def _start(self) -> None:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak resident memory
-        self.base = _rss("VmRSS")
+        self.base = resident_bytes("VmRSS")
 
     def _stop(self) -> None:
-        self.peak = max(self.peak, _rss("VmHWM") - self.base)
+        self.peak = max(self.peak, resident_bytes("VmHWM") - self.base)
 
     def publish(self, bump: bool = True) -> tuple[int, list]:
         self.version += int(bump)

@@ -27,7 +27,8 @@ from __future__ import annotations
 from typing import Optional
 
 from mixgrpo_ray.config import Config
-from mixgrpo_ray.plan.memory_plan import GB, RUNTIME_GB, ModelSize, _compute_bytes, fits, learner_rows, reward_rows
+from mixgrpo_ray.plan.memory_plan import (GB, RUNTIME_GB, ModelSize, _compute_bytes, fits, guidance_passes, learner_rows,
+                                          reward_rows)
 
 #: what ``rollout.colocated_weights=auto`` assumes a GPU holds when ``learner.gpu_memory_gb`` is 0
 DEFAULT_GPU_GB = 80.0
@@ -47,7 +48,7 @@ def hybrid_rows(cfg: Config, size: ModelSize, weights: str) -> list[tuple[str, f
     frozen = {name: c * count / GB for name, count in size.frozen.items()}
     if not cfg.rollout.offload_encoders:
         resident += [(f"{name} ({cfg.model.kind})", v) for name, v in frozen.items()]
-    images = cfg.grpo.group_size * prompts_per_call(cfg) * (2 if cfg.sampling.cfg_scale != 1.0 else 1)  # CFG doubles
+    images = cfg.grpo.group_size * prompts_per_call(cfg) * guidance_passes(cfg)
     sampling = [(f"activations (no grad) x{images}", 4 * size.tokens * size.hidden * images / GB)]
     if weights == "module" and fsdp:
         sampling.append(("gathered blocks", 2 * c * size.block_max / GB))

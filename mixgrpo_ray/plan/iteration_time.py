@@ -26,17 +26,12 @@ from dataclasses import dataclass
 from mixgrpo_ray.config import Config
 from mixgrpo_ray.core.mixed_rollout import rollout_nfe
 from mixgrpo_ray.core.window import SlidingWindow
-from mixgrpo_ray.plan.memory_plan import ModelSize
+from mixgrpo_ray.plan.memory_plan import ModelSize, guidance_passes
 
 #: sustained TFLOP/s of one GPU assumed when --gpu-tflops is not given (see the module docstring)
 DEFAULT_TFLOPS = 400.0
 #: windows averaged over (a run's first iterations; the window schedule repeats after them)
 MAX_WINDOWS = 1000
-
-
-def guidance_passes(cfg: Config) -> int:
-    """Model passes per velocity: 2 with classifier-free guidance (``sampling.cfg_scale`` != 1)."""
-    return 2 if cfg.sampling.cfg_scale != 1.0 else 1
 
 
 def flops_per_image_step(size: ModelSize) -> float:

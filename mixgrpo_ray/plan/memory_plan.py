@@ -204,6 +204,12 @@ def _frozen(path: Path) -> dict:
         }
 
 
+def guidance_passes(cfg: Config) -> int:
+    """Model passes per velocity: 2 with classifier-free guidance (``sampling.cfg_scale`` != 1,
+    one doubled batch), else 1."""
+    return 2 if cfg.sampling.cfg_scale != 1.0 else 1
+
+
 def _compute_bytes(cfg: Config, on_gpu: bool = True) -> int:
     """Bytes per value of the compute dtype of a role on a GPU (``on_gpu``) or on the CPU."""
     if cfg.model.dtype == "auto":
@@ -230,7 +236,7 @@ def learner_rows(cfg: Config, size: ModelSize, workers: int, strategy: str) -> l
                      ("block gradient fp32", 4 * size.block_max),
                      (f"gathered root module {name} + its gradient", (g + 4) * size.root)]
     per_rank = max(1, cfg.optim.samples_per_update // workers)
-    cfg_passes = 2 if cfg.sampling.cfg_scale != 1.0 else 1  # a guided velocity runs a doubled batch
+    cfg_passes = guidance_passes(cfg)
     rows.append((f"activations x{per_rank * cfg_passes} sample(s)" + (" (guided: doubled)" if cfg_passes > 1 else ""),
                  per_rank * cfg_passes * activation_bytes(cfg, size) * c / 2))
     rows.append(("sync bucket", cfg.learner.sync_bucket_mb * 2**20 if cfg.learner.sync_transport == "collective" else 0))
@@ -255,7 +261,7 @@ def _frozen_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
 def rollout_rows(cfg: Config, size: ModelSize) -> list[tuple[str, float]]:
     c = _compute_bytes(cfg, cfg.rollout.num_gpus > 0)
     batch = cfg.grpo.group_size * max(1, cfg.rollout.prompts_per_call or cfg.data.prompts_per_iteration)
-    batch *= 2 if cfg.sampling.cfg_scale != 1.0 else 1  # classifier-free guidance: a doubled batch
+    batch *= guidance_passes(cfg)
     rows = [("weights (compute dtype)", c * size.params), *_frozen_rows(cfg, size),
             (f"activations (no grad) x{batch}", 4 * size.tokens * size.hidden * batch),
             ("sync bucket", cfg.learner.sync_bucket_mb * 2**20), ("runtime", RUNTIME_GB * GB)]

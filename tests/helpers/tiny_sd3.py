@@ -6,12 +6,12 @@ SD3.5's scheduler (flow-matching Euler, shift 3)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from tiny_clip import EOT, SOT, tiny_vocab, write_tiny_tokenizer
+from mixgrpo_ray.models.flux.flux_slice import write_model_index
 from tiny_flux import T5_PIECES, _randomize, write_t5_tokenizer
 
 IMAGE_SIZE = 16  # an 8x8x4 latent: 16 patches of 2x2
@@ -19,7 +19,6 @@ T5_WIDTH = 24
 
 
 def build_tiny_sd3(root: str | Path, seed: int = 0, shift: float = 3.0) -> Path:
-    import diffusers
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -65,14 +64,11 @@ def build_tiny_sd3(root: str | Path, seed: int = 0, shift: float = 3.0) -> Path:
         tok.save_pretrained(str(root / sub))
     write_t5_tokenizer(root / "tokenizer_3")
     FlowMatchEulerDiscreteScheduler(shift=shift).save_pretrained(str(root / "scheduler"))
-    index = {
-        "_class_name": "StableDiffusion3Pipeline", "_diffusers_version": diffusers.__version__,
+    write_model_index(root, "StableDiffusion3Pipeline", {
         "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"], "transformer": ["diffusers", "SD3Transformer2DModel"],
         "vae": ["diffusers", "AutoencoderKL"],
         "text_encoder": ["transformers", "CLIPTextModelWithProjection"], "tokenizer": ["transformers", "CLIPTokenizer"],
         "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"], "tokenizer_2": ["transformers", "CLIPTokenizer"],
         "text_encoder_3": ["transformers", "T5EncoderModel"], "tokenizer_3": ["transformers", "T5TokenizerFast"],
-        "image_encoder": [None, None], "feature_extractor": [None, None],
-    }
-    (root / "model_index.json").write_text(json.dumps(index, indent=2))
+    })
     return root

@@ -144,18 +144,22 @@ def build_flux_slice(root: "str | Path", *, double: int = 1, single: int = 1, t5
     return counts
 
 
-def write_model_index(root: Path) -> None:
-    """``model_index.json`` of a FluxPipeline folder (what ``FluxPipeline.from_pretrained`` reads)."""
+FLUX_COMPONENTS = {
+    "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
+    "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+    "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
+    "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
+}
+
+
+def write_model_index(root: Path, pipeline: str = "FluxPipeline", components: Optional[dict] = None) -> None:
+    """``model_index.json`` of a ``pipeline`` folder (what ``<pipeline>.from_pretrained`` reads):
+    ``components`` (default FLUX's) as ``name: [library, class]``."""
     import diffusers
 
-    index = {
-        "_class_name": "FluxPipeline", "_diffusers_version": diffusers.__version__,
-        "scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-        "text_encoder_2": ["transformers", "T5EncoderModel"], "tokenizer_2": ["transformers", "T5TokenizerFast"],
-        "transformer": ["diffusers", "FluxTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "image_encoder": [None, None], "feature_extractor": [None, None],
-    }
+    index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
+             **(FLUX_COMPONENTS if components is None else components),
+             "image_encoder": [None, None], "feature_extractor": [None, None]}
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
