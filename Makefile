@@ -21,7 +21,7 @@ run: setup
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/mixgrpo-ray train $(ARGS)
 
 test: setup
-	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/python -m pytest -q tests
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(BIN)/python -m pytest -q --durations=30 tests
 
 bench: setup
 	$(BIN)/mixgrpo-ray bench $(ARGS)

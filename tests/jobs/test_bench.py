@@ -34,7 +34,7 @@ def test_sync_bench_both_transports_and_publish_memory(tmp_path):
     folder = build_tiny_flux(tmp_path / "flux")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        res = run_sync_bench(size_gb=0.3, bucket_mb=64.0)  # buckets above glibc's 32 MB mmap threshold
+        res = run_sync_bench(size_gb=0.2, bucket_mb=64.0)  # buckets above glibc's 32 MB mmap threshold
         # a FluxPipeline folder's transformer, published in bf16 (2 bytes per parameter)
         flux = run_sync_bench(bucket_mb=0.01, model=str(folder))
     finally:
@@ -46,7 +46,7 @@ def test_sync_bench_both_transports_and_publish_memory(tmp_path):
         assert r["delivered"] and r["sync/bytes"] == 2 * params, name
     assert set(res) == {"object_store", "collective"}
     for name, r in res.items():
-        assert r["delivered"] and r["sync/bytes"] >= 0.29e9 and r["sync/gbps"] > 0, name
+        assert r["delivered"] and r["sync/bytes"] >= 0.19e9 and r["sync/gbps"] > 0, name
         # a publish holds at most 1.5 buckets beyond the shard (+1 bucket: allocator and Ray slack)
         assert r["beyond_buckets"] <= 2.5, (name, r["beyond_buckets"])
     assert res["object_store"]["peak_host_bytes"] >= 0.9 * res["object_store"]["shard_bytes"]

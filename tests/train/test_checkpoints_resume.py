@@ -81,7 +81,7 @@ def test_killed_driver_is_restarted_by_driver_restarts_and_resumes(tmp_path):
 
     out = tmp_path / "runs"
     tmpdir = tempfile.mkdtemp(prefix="rayr", dir="/tmp")
-    common = ["run.iterations=12", "run.checkpoint_every=0", "run.checkpoint_every_s=0.000001", "run.keep_checkpoints=2"]
+    common = ["run.iterations=8", "run.checkpoint_every=0", "run.checkpoint_every_s=0.000001", "run.keep_checkpoints=2"]
     log = tmp_path / "supervised.log"
     try:
         with open(log, "w") as sink:
@@ -101,9 +101,9 @@ def test_killed_driver_is_restarted_by_driver_restarts_and_resumes(tmp_path):
     run = out / "job"
     rows = [r for r in __import__("mixgrpo_ray.train.run_dir", fromlist=["RunDir"]).RunDir(run).read_metrics()
             if "reward_mean" in r]
-    assert [r["iteration"] for r in rows] == list(range(1, 13))
+    assert [r["iteration"] for r in rows] == list(range(1, 9))
     kept = sorted(p.name for p in (run / "checkpoints").glob("iter_*"))
-    assert kept == ["iter_000011", "iter_000012"]  # time-based checkpoints (run.checkpoint_every=0), keep 2
+    assert kept == ["iter_000007", "iter_000008"]  # time-based checkpoints (run.checkpoint_every=0), keep 2
     no_resume = subprocess.run([sys.executable, "-m", "mixgrpo_ray.cli", "train", "--driver-restarts", "2"],
                                capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert no_resume.returncode == 2 and "--driver-restarts needs --resume auto" in no_resume.stderr
@@ -115,6 +115,6 @@ def test_killed_driver_is_restarted_by_driver_restarts_and_resumes(tmp_path):
 
     weights = ckpt.latest_checkpoint(run) / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    broken = cli(out, tmpdir, "run.iterations=13")
+    broken = cli(out, tmpdir, "run.iterations=9")
     err = broken.stderr.strip().splitlines()
     assert broken.returncode == 2 and len(err) == 1 and str(weights) in err[0], broken.stderr
