@@ -9,7 +9,8 @@ the velocity the rollout sampled with (the ratio is 1 before the first update).
 
     v = v_u + s (v_c - v_u)
 
-Two model passes per evaluation (:func:`passes`), which the NFE metrics count.
+(:meth:`Policy.guide <mixgrpo_ray.models.policy.Policy.guide>`; Qwen-Image rescales it to the
+conditional velocity's norm, as its pipeline does: eq. (1b)). Two model passes per evaluation (:func:`passes`), which the NFE metrics count.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def guided_velocity(policy: Policy, x: torch.Tensor, sigma: torch.Tensor, cond: 
     v = policy.velocity(torch.cat([x, x]), torch.cat([sigma, sigma]), both).float()
     v_u, v_c = v.chunk(2)
     scale = cond[SCALE].to(v.device, torch.float32).view(-1, *([1] * (v.dim() - 1)))
-    return v_u + scale * (v_c - v_u)
+    return policy.guide(v_c, v_u, scale)
 
 
 def encode_guided(policy: Policy, prompts: Sequence[str], scale: float, negative_prompt: str = "") -> Cond:

@@ -132,6 +132,12 @@ class Policy(ABC):
     #: the model samples on its pipeline's own grid (:meth:`sigmas`), not MixGRPO's (eq. (4))
     pipeline_schedule: bool = False
 
+    def guide(self, v_c: torch.Tensor, v_u: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The classifier-free guided velocity from the conditional ``v_c`` and unconditional
+        ``v_u`` ones and the per-row ``scale`` (broadcastable): ``v_u + s (v_c - v_u)``
+        (docs/algorithm.md §1.1 eq. (1a)); a model whose pipeline guides otherwise overrides it."""
+        return v_u + scale * (v_c - v_u)
+
     def initial_noise(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal latents ``(batch, *latent_shape())`` in float32 on CPU."""
         return torch.randn((batch, *self.latent_shape()), generator=generator, dtype=torch.float32)

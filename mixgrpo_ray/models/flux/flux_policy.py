@@ -53,6 +53,7 @@ class FluxPolicy(Policy):
     the module docstring). Build it with :meth:`from_model_config`."""
 
     name = "flux"
+    lora_targets = flux_lora.LORA_TARGET_PATTERN  # the modules LoRA adapts (a full-match pattern)
 
     def __init__(
         self,
@@ -85,21 +86,25 @@ class FluxPolicy(Policy):
         self.timestep_decimals = timestep_decimals
         self.use_adapters = use_adapters
         self.decode_batch_size = int(decode_batch_size)
-        self.vae_scale_factor = 2 ** (len(vae_config.block_out_channels) - 1)
+        self.vae_scale_factor, self.latent_channels = self.vae_geometry(vae_config)
         unit = self.vae_scale_factor * PATCH
         if height % unit or width % unit or height < unit or width < unit:
             raise ValueError(
-                f"FLUX image size {height}x{width} must be a positive multiple of {unit} "
+                f"{self.name} image size {height}x{width} must be a positive multiple of {unit} "
                 f"(VAE scale {self.vae_scale_factor} x 2x2 packing); e.g. {max(unit, height // unit * unit)}"
             )
         self.height, self.width = int(height), int(width)
-        self.latent_channels = int(vae_config.latent_channels)
         self.latent_height = self.height // self.vae_scale_factor
         self.latent_width = self.width // self.vae_scale_factor
         self._has_guidance = bool(getattr(transformer.config, "guidance_embeds", False))
         self.lora = flux_lora.has_lora(transformer)
         self._device = next(transformer.parameters()).device
         self._img_ids = flux_common.image_ids(self.latent_height // PATCH, self.latent_width // PATCH, self._device)
+
+    @staticmethod
+    def vae_geometry(vae_config) -> tuple[int, int]:
+        """``(spatial scale factor, latent channels)`` of the VAE ``vae_config`` describes."""
+        return 2 ** (len(vae_config.block_out_channels) - 1), int(vae_config.latent_channels)
 
     # ---------------------------------------------------------------- construction
     @classmethod

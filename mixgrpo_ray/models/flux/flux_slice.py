@@ -152,14 +152,15 @@ FLUX_COMPONENTS = {
 }
 
 
-def write_model_index(root: Path, pipeline: str = "FluxPipeline", components: Optional[dict] = None) -> None:
+def write_model_index(root: Path, pipeline: str = "FluxPipeline", components: Optional[dict] = None,
+                      optional: tuple = ("image_encoder", "feature_extractor")) -> None:
     """``model_index.json`` of a ``pipeline`` folder (what ``<pipeline>.from_pretrained`` reads):
-    ``components`` (default FLUX's) as ``name: [library, class]``."""
+    ``components`` (default FLUX's) as ``name: [library, class]``, and the pipeline's ``optional``
+    components left empty."""
     import diffusers
 
     index = {"_class_name": pipeline, "_diffusers_version": diffusers.__version__,
-             **(FLUX_COMPONENTS if components is None else components),
-             "image_encoder": [None, None], "feature_extractor": [None, None]}
+             **(FLUX_COMPONENTS if components is None else components), **{name: [None, None] for name in optional}}
     (root / "model_index.json").write_text(json.dumps(index, indent=2))
 
 

@@ -26,6 +26,9 @@ class FluxPromptEncoder:
     """Encodes prompts with FLUX's CLIP and T5 text encoders, with an LRU cache of ``cache_size``
     prompts (0 disables caching). The encoders are put in eval mode with gradients off."""
 
+    #: the conditioning's keys, for the two tensors :meth:`encode_uncached` returns
+    keys = ("encoder_hidden_states", "pooled_projections")
+
     def __init__(
         self,
         tokenizer,
@@ -105,10 +108,7 @@ class FluxPromptEncoder:
         for p in missing:
             self._remember(p, found[p])
         dev = torch.device(device) if device is not None else self.device
-        return {
-            "encoder_hidden_states": torch.stack([found[p][0] for p in prompts]).to(dev),
-            "pooled_projections": torch.stack([found[p][1] for p in prompts]).to(dev),
-        }
+        return {key: torch.stack([found[p][i] for p in prompts]).to(dev) for i, key in enumerate(self.keys)}
 
     def _remember(self, prompt: str, value: tuple[torch.Tensor, torch.Tensor]) -> None:
         if self.cache_size == 0:

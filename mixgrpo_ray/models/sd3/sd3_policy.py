@@ -40,6 +40,7 @@ class SD3Policy(FluxPolicy):
 
     name = "sd3"
     pipeline_schedule = True
+    lora_targets = SD3_LORA_TARGETS
 
     @classmethod
     def from_model_config(cls, model: ModelConfig, device: torch.device | str = "cpu", trainable: bool = True,
