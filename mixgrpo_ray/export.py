@@ -10,6 +10,7 @@ What is written depends on what the run trained (``model.kind``, ``model.lora_ra
   ``transformer.<module>.lora_A/B.weight``, the adapter's rank and alpha in the metadata) for
   ``FluxPipeline.load_lora_weights(OUT)``.
 * **SD3 / SD3.5:** the same with ``SD3Transformer2DModel`` and ``StableDiffusion3Pipeline``.
+* **Qwen-Image:** the same with ``QwenImageTransformer2DModel`` and ``QwenImagePipeline``.
 * **tiny:** the tiny model's own folder (``config.json`` + ``model.safetensors``) for
   ``TinyPolicy.from_pretrained(OUT)``.
 
@@ -36,7 +37,8 @@ LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: per diffusers model kind: (pipeline class, transformer class, default base model)
 DIFFUSERS = {"flux": ("FluxPipeline", "FluxTransformer2DModel", "black-forest-labs/FLUX.1-dev"),
-             "sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel", "stabilityai/stable-diffusion-3.5-medium")}
+             "sd3": ("StableDiffusion3Pipeline", "SD3Transformer2DModel", "stabilityai/stable-diffusion-3.5-medium"),
+             "qwen_image": ("QwenImagePipeline", "QwenImageTransformer2DModel", "Qwen/Qwen-Image")}
 
 
 class ExportError(ValueError):
@@ -91,18 +93,17 @@ def lora_metadata(rank: int, alpha: float, kind: str = "flux") -> dict:
     """The adapter configuration diffusers stores beside LoRA weights (peft's ``LoraConfig``)."""
     from peft import LoraConfig
 
-    from mixgrpo_ray.models.flux.lora import LORA_TARGET_PATTERN
+    from mixgrpo_ray.models.build import policy_class
 
-    targets = LORA_TARGET_PATTERN
-    if kind == "sd3":
-        from mixgrpo_ray.models.sd3.sd3_policy import SD3_LORA_TARGETS as targets
+    targets = policy_class(kind).lora_targets
     config = LoraConfig(r=int(rank), lora_alpha=float(alpha) if alpha > 0 else float(rank), lora_dropout=0.0,
                         target_modules=targets)
     return {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
 
 
 def write_flux_lora(cfg: Config, state: Mapping[str, torch.Tensor], out: Path, dtype: torch.dtype) -> None:
-    """diffusers' LoRA file of the kind's pipeline (``FluxPipeline`` or ``StableDiffusion3Pipeline``)."""
+    """diffusers' LoRA file of the kind's pipeline (``FluxPipeline``, ``StableDiffusion3Pipeline``,
+    ``QwenImagePipeline``)."""
     import diffusers
 
     pipeline = getattr(diffusers, DIFFUSERS[cfg.model.kind][0])

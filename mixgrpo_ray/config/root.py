@@ -74,14 +74,14 @@ class Config(Section):
                     f"window.initial_start must be in [0, {trainable - w.size}] for window.size={w.size} "
                     f"and sampling.num_steps={s.num_steps}, got {w.initial_start}"
                 )
-        if self.model.kind == "sd3" and s.tail != "euler":
+        if self.model.kind in ("sd3", "qwen_image") and s.tail != "euler":
             raise line_error(
-                f"sampling.tail={s.tail} (MixGRPO-Flash) is defined on MixGRPO's sigma grid, but model.kind=sd3 samples "
+                f"sampling.tail={s.tail} (MixGRPO-Flash) is defined on MixGRPO's sigma grid, but model.kind={self.model.kind} samples "
                 "on its pipeline's (docs/algorithm.md §2.1); use sampling.tail=euler"
             )
-        if self.model.kind in ("flux", "sd3") and self.model.dtype == "fp16":
+        if self.model.kind in ("flux", "sd3", "qwen_image") and self.model.dtype == "fp16":
             raise line_error(
-                f"model.dtype=fp16 is not supported for {self.model.kind.upper()}: T5-XXL, the transformer and its VAE overflow in "
+                f"model.dtype=fp16 is not supported for {self.model.kind.upper()}: its text encoder, the transformer and its VAE overflow in "
                 "fp16 and the learner has no gradient scaler; use model.dtype=bf16 (or auto: bf16 on GPU)"
             )
         for name, rc in self.rewards.items():

@@ -66,8 +66,9 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    """Which policy to train. ``kind``: ``tiny`` (embedded), ``flux`` (a diffusers FluxPipeline folder)
-    or ``sd3`` (a StableDiffusion3Pipeline folder: SD3 / SD3.5)."""
+    """Which policy to train. ``kind``: ``tiny`` (embedded), ``flux`` (a diffusers FluxPipeline folder),
+    ``sd3`` (a StableDiffusion3Pipeline folder: SD3 / SD3.5) or ``qwen_image`` (a QwenImagePipeline
+    folder: Qwen-Image)."""
 
     section_key: ClassVar[str] = "model"
     kind: ModelKind = "tiny"

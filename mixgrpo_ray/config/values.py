@@ -29,7 +29,7 @@ REWARD_KIND_NAMES: tuple[str, ...] = (
 #: the form of ``rewards.<name>.target``: ``package.module:Attribute`` (dotted names on both sides)
 PYTHON_TARGET_PATTERN = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
 
-ModelKind = Literal["tiny", "flux", "sd3"]
+ModelKind = Literal["tiny", "flux", "sd3", "qwen_image"]
 ModelDtype = Literal["auto", "fp32", "bf16", "fp16"]
 SdeKind = Literal["flow_grpo", "dance_grpo"]
 Tail = Literal["euler", "dpm2"]

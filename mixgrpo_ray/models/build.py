@@ -1,4 +1,4 @@
-"""Build the configured policy (``model.kind``): the embedded tiny model or FLUX."""
+"""Build the configured policy (``model.kind``): the embedded tiny model, FLUX, SD3 or Qwen-Image."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from mixgrpo_ray.models.policy import Policy
 
 #: images per evaluation / grid sampling call when ``data.eval_batch_size`` is 0 (auto), by
 #: ``model.kind``: a 720x720 FLUX batch of 8 fits beside its text encoders on one 80 GB GPU.
-EVAL_BATCH_SIZE = {"tiny": 256, "flux": 8, "sd3": 8}
+EVAL_BATCH_SIZE = {"tiny": 256, "flux": 8, "sd3": 8, "qwen_image": 4}
 
 
 class NoCudaError(RuntimeError):
@@ -48,16 +48,18 @@ def import_model_code(model: ModelConfig) -> None:
     :class:`~mixgrpo_ray.common.process_memory.PeakMemory`, holds the code and not the model)."""
     import importlib
 
-    if model.kind not in ("flux", "sd3"):
+    if model.kind not in POLICY_MODULES:
         importlib.import_module("mixgrpo_ray.models.tiny.model")
         return
     importlib.import_module(POLICY_MODULES[model.kind])
     import diffusers
     import transformers
 
-    for name in ("FluxTransformer2DModel", "SD3Transformer2DModel", "AutoencoderKL", "FlowMatchEulerDiscreteScheduler"):
+    for name in ("FluxTransformer2DModel", "SD3Transformer2DModel", "QwenImageTransformer2DModel", "AutoencoderKL",
+                 "AutoencoderKLQwenImage", "FlowMatchEulerDiscreteScheduler"):
         getattr(diffusers, name)  # diffusers and transformers import a model's code on first use
-    for name in ("T5EncoderModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "T5TokenizerFast"):
+    for name in ("T5EncoderModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPTokenizer", "T5TokenizerFast",
+                 "Qwen2_5_VLForConditionalGeneration", "Qwen2Tokenizer"):
         getattr(transformers, name)
     if model.lora_rank:
         importlib.import_module("peft")
@@ -80,19 +82,23 @@ def build_policy(model: ModelConfig, device: torch.device | str = "cpu", *, trai
         return policy.to(device)
     if model.kind in POLICY_MODULES:
         return policy_class(model).from_model_config(model, device=device, trainable=trainable)
-    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny, flux or sd3")
+    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny, flux, sd3 or qwen_image")
 
 
-#: the module of each diffusers model kind's policy class
-POLICY_MODULES = {"flux": "mixgrpo_ray.models.flux.flux_policy", "sd3": "mixgrpo_ray.models.sd3.sd3_policy"}
+#: the module and class of each diffusers model kind's policy
+POLICY_MODULES = {"flux": "mixgrpo_ray.models.flux.flux_policy", "sd3": "mixgrpo_ray.models.sd3.sd3_policy",
+                  "qwen_image": "mixgrpo_ray.models.qwen_image.qwen_image_policy"}
+POLICY_CLASSES = {"flux": "FluxPolicy", "sd3": "SD3Policy", "qwen_image": "QwenImagePolicy"}
+#: the diffusers pipeline whose folder each kind loads
+PIPELINE_CLASSES = {"flux": "FluxPipeline", "sd3": "StableDiffusion3Pipeline", "qwen_image": "QwenImagePipeline"}
 
 
-def policy_class(model: ModelConfig):
-    """The policy class of a diffusers model kind (``FluxPolicy``, ``SD3Policy``)."""
+def policy_class(model: "ModelConfig | str"):
+    """The policy class of a diffusers model kind (a ``ModelConfig`` or its ``kind``)."""
     import importlib
 
-    module = importlib.import_module(POLICY_MODULES[model.kind])
-    return getattr(module, {"flux": "FluxPolicy", "sd3": "SD3Policy"}[model.kind])
+    kind = model if isinstance(model, str) else model.kind
+    return getattr(importlib.import_module(POLICY_MODULES[kind]), POLICY_CLASSES[kind])
 
 
 def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
@@ -104,7 +110,7 @@ def build_base_policy(trained: Policy, model: ModelConfig) -> Policy:
         from mixgrpo_ray.models.flux.flux_policy import shared_base
 
         return shared_base(trained, model)
-    if model.kind == "sd3" and model.lora_rank:
+    if model.kind in ("sd3", "qwen_image") and model.lora_rank:
         return trained.base_view()
     return build_policy(model, trained.device, trainable=False)
 
@@ -123,4 +129,4 @@ def build_sampler(model: ModelConfig, device: torch.device | str = "cpu", traine
         return policy.to(device)
     if model.kind in POLICY_MODULES:
         return policy_class(model).from_model_config(model, device=device, trainable=False, denoiser=trained.transformer)
-    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny, flux or sd3")
+    raise ValueError(f"unknown model.kind {model.kind!r}; choose tiny, flux, sd3 or qwen_image")

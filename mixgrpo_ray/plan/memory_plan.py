@@ -7,8 +7,8 @@ Sizes are counted, not guessed: the transformer, text encoders and VAE are insta
 architecture), so P (trainable parameters) and every block's size are exact. GB = 1e9 bytes.
 
 Formulas (per GPU; N learner ranks, b = samples per rank per update = samples_per_update / N,
-T = tokens = (H/16)(W/16) + max_sequence_length for FLUX (+ 77 CLIP tokens for SD3), d = hidden
-width, L = blocks; SD3's blocks are its joint blocks):
+T = tokens = (H/16)(W/16) + max_sequence_length for FLUX and Qwen-Image (+ 77 CLIP tokens for SD3),
+d = hidden width, L = blocks; SD3's and Qwen-Image's blocks are their joint / dual-stream blocks):
 
 * learner, full fine-tuning — weights 4P, gradients 4P, AdamW 8P bytes (fp32 masters):
   ``replicate`` holds all of it on every rank, ``fsdp`` 1/N of it (``offload_optimizer``: on the
@@ -93,6 +93,8 @@ def model_size(cfg: Config) -> ModelSize:
         return size
     if m.kind == "sd3":
         return _sd3_size(cfg)
+    if m.kind == "qwen_image":
+        return _qwen_image_size(cfg)
     from diffusers import FluxTransformer2DModel
 
     from mixgrpo_ray.models.flux.flux_slice import FLUX_DEV_TRANSFORMER  # FLUX.1-dev's own config
@@ -145,6 +147,47 @@ def _sd3_size(cfg: Config) -> ModelSize:
                       encoder_hidden_states=torch.zeros(1, text_tokens, c.joint_attention_dim),
                       pooled_projections=torch.zeros(1, c.pooled_projection_dim), timestep=torch.full((1,), 500.0),
                       return_dict=False)
+    size.forward_flops = _count_flops(tr, inputs)
+    return size
+
+
+#: QwenImagePipeline's components when model.path is no local folder: Qwen/Qwen-Image's transformer
+#: (diffusers' QwenImageTransformer2DModel defaults, 20.430 B counted on the meta device), its
+#: Qwen2.5-VL-7B-Instruct text encoder (vision tower included, as the pipeline loads it) and its VAE,
+#: counted from their configs on the meta device
+QWEN_IMAGE_TRANSFORMER = dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                              num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                              axes_dims_rope=(16, 56, 56))
+QWEN_IMAGE_FROZEN = {"text_encoder": 8.292e9, "vae": 126.89e6}
+
+
+def _qwen_image_size(cfg: Config) -> ModelSize:
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    m = cfg.model
+    root = Path(m.path or "")
+    folder = root / "transformer" / "config.json"
+    config = json.loads(folder.read_text()) if folder.is_file() else QWEN_IMAGE_TRANSFORMER
+    with torch.device("meta"):
+        tr = QwenImageTransformer2DModel.from_config(config)
+        if (root / "text_encoder" / "config.json").is_file():
+            frozen = {"text_encoder": _meta_count(Qwen2_5_VLForConditionalGeneration(
+                          AutoConfig.from_pretrained(str(root / "text_encoder")))),
+                      "vae": _meta_count(AutoencoderKLQwenImage.from_config(
+                          AutoencoderKLQwenImage.load_config(str(root / "vae"))))}
+        else:
+            frozen = dict(QWEN_IMAGE_FROZEN)
+    vae = root / "vae" / "config.json"
+    scale = 2 ** len(json.loads(vae.read_text())["temperal_downsample"]) if vae.is_file() else 8
+    grid = (m.height // (2 * scale), m.width // (2 * scale))  # scale x VAE, 2x2 patches
+    size = _size(tr, grid[0] * grid[1] + m.max_sequence_length, frozen)
+    c = tr.config
+    with torch.device("meta"):
+        inputs = dict(hidden_states=torch.zeros(1, grid[0] * grid[1], c.in_channels),
+                      encoder_hidden_states=torch.zeros(1, m.max_sequence_length, c.joint_attention_dim),
+                      encoder_hidden_states_mask=torch.ones(1, m.max_sequence_length), timestep=torch.full((1,), 0.5),
+                      img_shapes=[[(1, *grid)]], return_dict=False)
     size.forward_flops = _count_flops(tr, inputs)
     return size
 

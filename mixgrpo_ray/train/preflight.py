@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mixgrpo_ray.config import Config, ConfigError
 from mixgrpo_ray.data.prompts import load_prompts
+from mixgrpo_ray.models.build import PIPELINE_CLASSES
 from mixgrpo_ray.models.tiny import tasks
 
 _ERROR_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w*(?:Error|Exception)): (.+)$")
@@ -39,7 +40,7 @@ def check_inputs(cfg: Config) -> None:
     elif path and path != "random":
         local = cfg.model.kind == "tiny" or Path(path).is_absolute() or path.startswith((".", "~"))
         if local and not Path(path).expanduser().exists():  # a FLUX hub id is left to the loader
-            what = "the tiny model's weights" if cfg.model.kind == "tiny" else "a FluxPipeline folder"
+            what = "the tiny model's weights" if cfg.model.kind == "tiny" else f"a {PIPELINE_CLASSES[cfg.model.kind]} folder"
             raise ConfigError(f"model.path={path}: no such file or folder; pass {what}")
     check_tasks(cfg)
 
