@@ -230,8 +230,8 @@ def test_choice_errors_list_the_choices(key, choices):
 
 
 def test_choice_values_match_today():
-    assert dict(LITERALS)["model.kind"] == ("tiny", "flux", "sd3")
-    assert _error(["model.kind=sd"]) == "model.kind must be one of tiny, flux, sd3; got 'sd'"
+    assert dict(LITERALS)["model.kind"] == ("tiny", "flux", "sd3", "qwen_image")
+    assert _error(["model.kind=sd"]) == "model.kind must be one of tiny, flux, sd3, qwen_image; got 'sd'"
     for key, choices in LITERALS:  # every choice is accepted (rewards need their checkpoints only when built)
         for value in choices:
             extra = ["grpo.algorithm=dancegrpo"] if value == "dancegrpo" else []
