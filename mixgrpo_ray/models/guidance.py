@@ -10,7 +10,8 @@ the velocity the rollout sampled with (the ratio is 1 before the first update).
     v = v_u + s (v_c - v_u)
 
 (:meth:`Policy.guide <mixgrpo_ray.models.policy.Policy.guide>`; Qwen-Image rescales it to the
-conditional velocity's norm, as its pipeline does: eq. (1b)). Two model passes per evaluation (:func:`passes`), which the NFE metrics count.
+conditional velocity's norm, as its pipeline does: eq. (1b)). Two model passes per evaluation
+(:func:`passes`), which the NFE metrics count.
 """
 
 from __future__ import annotations

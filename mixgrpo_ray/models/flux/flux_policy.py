@@ -29,6 +29,7 @@ eq. (6)); the step math outside always uses the exact sigma. The forward pass ru
 from __future__ import annotations
 
 import contextlib
+import copy
 from pathlib import Path
 from typing import Iterator, Mapping, Optional, Sequence
 
@@ -127,19 +128,7 @@ class FluxPolicy(Policy):
         c = flux_loading.load_components(path, transformer_dtype=master, frozen_dtype=dtype, frozen=not trainable,
                                          transformer=denoiser)
         flux_loading.check_compatible(c)
-        transformer = c.transformer
-        if denoiser is not None:  # shared with its learner: left as the learner set it up
-            pass
-        elif lora:
-            flux_lora.add_lora(transformer, model.lora_rank, model.lora_alpha)
-            for _, p in flux_lora.lora_parameters(transformer):
-                p.data = p.data.to(torch.float32 if trainable else dtype)
-                p.requires_grad_(trainable)
-        else:
-            transformer.requires_grad_(trainable)
-        if trainable and model.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.eval()
+        transformer = cls.prepare_transformer(c.transformer, model, dtype, trainable, shared=denoiser is not None)
         encoder = None if trainable else FluxPromptEncoder(
             c.tokenizer, c.text_encoder, c.tokenizer_2, c.text_encoder_2,
             max_sequence_length=model.max_sequence_length,
@@ -153,17 +142,66 @@ class FluxPolicy(Policy):
         policy.shared_denoiser = denoiser is not None
         return policy.to(device)
 
+    @classmethod
+    def prepare_transformer(cls, transformer: torch.nn.Module, model: ModelConfig, dtype: torch.dtype,
+                            trainable: bool, shared: bool = False) -> torch.nn.Module:
+        """``transformer`` set up for its role: LoRA adapters on :attr:`lora_targets` (fp32 in a
+        learner) with the rest frozen, or every weight trainable / frozen; gradient checkpointing
+        when configured; eval mode. A ``shared`` transformer (a learner's, sampled on) is left as
+        its learner set it up."""
+        if shared:
+            pass
+        elif model.lora_rank > 0:
+            flux_lora.add_lora(transformer, model.lora_rank, model.lora_alpha, targets=cls.lora_targets)
+            for _, p in flux_lora.lora_parameters(transformer):
+                p.data = p.data.to(torch.float32 if trainable else dtype)
+                p.requires_grad_(trainable)
+        else:
+            transformer.requires_grad_(trainable)
+        if trainable and model.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        return transformer.eval()
+
+    @classmethod
+    def from_pipeline_folder(cls, model: ModelConfig, folder, make_encoder, device: torch.device | str = "cpu",
+                             trainable: bool = True, denoiser: Optional[torch.nn.Module] = None) -> "FluxPolicy":
+        """As :meth:`from_model_config`, for a model that samples on its pipeline's own schedule
+        (SD3, Qwen-Image): ``folder`` is its loading module (``load_components``,
+        ``check_compatible``, ``PIPELINE``, ``DEFAULT_MODEL``) and ``make_encoder(components)`` its
+        prompt encoder; the policy keeps the folder's scheduler config."""
+        device = torch.device(device)
+        dtype = flux_loading.compute_dtype(model.dtype, device)
+        if not model.path:
+            raise FileNotFoundError(f"model.kind={model.kind} needs model.path: a {folder.PIPELINE} folder such as a "
+                                    f"local copy of {folder.DEFAULT_MODEL}")
+        master = torch.float32 if trainable and model.lora_rank <= 0 else dtype
+        c = folder.load_components(model.path, master, dtype, frozen=not trainable, transformer=denoiser)
+        folder.check_compatible(c)
+        transformer = cls.prepare_transformer(c.transformer, model, dtype, trainable, shared=denoiser is not None)
+        policy = cls(transformer, c.vae, None if trainable else make_encoder(c), vae_config=c.vae_config,
+                     height=model.height, width=model.width, compute_dtype=dtype,
+                     timestep_decimals=model.timestep_decimals)
+        policy.scheduler_config = c.scheduler_config
+        policy.shared_denoiser = denoiser is not None
+        return policy.to(device)
+
     def base_view(self) -> "FluxPolicy":
         """The base model of a LoRA policy without a second copy: shares every module (and the
         prompt cache) with this policy, runs with the adapters switched off. Take the view after
         moving the policy: moving either one moves the shared modules."""
         if not self.lora:
             raise ValueError("base_view needs a LoRA policy (model.lora_rank > 0); load a separate base policy instead")
-        return FluxPolicy(
-            self.transformer, self.vae, self.prompts, vae_config=self.vae_config, height=self.height, width=self.width,
-            guidance=self.guidance, compute_dtype=self.compute_dtype, timestep_decimals=self.timestep_decimals,
-            use_adapters=False, decode_batch_size=self.decode_batch_size,
-        )
+        view = copy.copy(self)
+        view.use_adapters = False
+        return view
+
+    def model_timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The conditioning sigma, float32 on the device, floored to ``timestep_decimals``."""
+        timestep = sigma.to(self._device, torch.float32)
+        if self.timestep_decimals is not None:
+            scale = 10.0 ** self.timestep_decimals
+            timestep = torch.floor(timestep * scale) / scale
+        return timestep
 
     # ---------------------------------------------------------------- precision
     def _autocast(self) -> contextlib.AbstractContextManager:

@@ -20,18 +20,18 @@ masked out of every attention and text positions are counted from the first toke
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+from mixgrpo_ray.models import pipeline_folder
 from mixgrpo_ray.models.flux.text import FluxPromptEncoder
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_QWEN_IMAGE_MODEL = "Qwen/Qwen-Image"
+DEFAULT_MODEL, PIPELINE = DEFAULT_QWEN_IMAGE_MODEL, "QwenImagePipeline"
 #: QwenImagePipeline.prompt_template_encode and prompt_template_encode_start_idx (diffusers 0.42)
 PROMPT_TEMPLATE = ("<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, "
                    "text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}"
@@ -51,19 +51,10 @@ class QwenImageComponents:
 
 
 def check_folder(path: str) -> str:
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"Qwen-Image model folder {path!r} does not exist; set model.path to a "
-                                f"QwenImagePipeline folder ({', '.join(SUBFOLDERS)})")
-    missing = [s for s in SUBFOLDERS if not (root / s).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"Qwen-Image model folder {path!r} lacks {', '.join(s + '/' for s in missing)} "
-                                "(QwenImagePipeline layout expected)")
-    return str(root)
+    return pipeline_folder.check_folder(path, SUBFOLDERS, PIPELINE, "Qwen-Image")
 
 
-def scheduler_config(path: str) -> dict:
-    return json.loads((Path(path) / "scheduler" / "scheduler_config.json").read_text())
+scheduler_config = pipeline_folder.scheduler_config
 
 
 def load_transformer(path: str, dtype: torch.dtype) -> torch.nn.Module:

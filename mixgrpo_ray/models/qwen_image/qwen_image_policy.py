@@ -21,14 +21,12 @@ LoRA, precision, offloading, prompt cache and packed 2x2 latent it shares):
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
 
 from mixgrpo_ray.config import ModelConfig
 from mixgrpo_ray.core.pipeline_schedules import pipeline_sigmas
-from mixgrpo_ray.models.flux import flux_folder, lora as flux_lora
 from mixgrpo_ray.models.flux.flux_policy import PATCH, FluxPolicy
 from mixgrpo_ray.models.policy import Cond
 from mixgrpo_ray.models.qwen_image import qwen_image_folder
@@ -53,50 +51,18 @@ class QwenImagePolicy(FluxPolicy):
     def from_model_config(cls, model: ModelConfig, device: torch.device | str = "cpu", trainable: bool = True,
                           denoiser: Optional[torch.nn.Module] = None) -> "QwenImagePolicy":
         """As :meth:`FluxPolicy.from_model_config`, for a QwenImagePipeline folder."""
-        device = torch.device(device)
-        dtype = flux_folder.compute_dtype(model.dtype, device)
-        if not model.path:
-            raise FileNotFoundError(f"model.kind=qwen_image needs model.path: a QwenImagePipeline folder such as a "
-                                    f"local copy of {qwen_image_folder.DEFAULT_QWEN_IMAGE_MODEL}")
-        lora = model.lora_rank > 0
-        master = torch.float32 if trainable and not lora else dtype
-        c = qwen_image_folder.load_components(model.path, master, dtype, frozen=not trainable, transformer=denoiser)
-        qwen_image_folder.check_compatible(c)
-        transformer = c.transformer
-        if denoiser is None and lora:
-            flux_lora.add_lora(transformer, model.lora_rank, model.lora_alpha, targets=QWEN_IMAGE_LORA_TARGETS)
-            for _, p in flux_lora.lora_parameters(transformer):
-                p.data = p.data.to(torch.float32 if trainable else dtype)
-                p.requires_grad_(trainable)
-        elif denoiser is None:
-            transformer.requires_grad_(trainable)
-        if trainable and model.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.eval()
-        encoder = None if trainable else qwen_image_folder.QwenImagePromptEncoder(
-            c.tokenizer, c.text_encoder, max_sequence_length=model.max_sequence_length,
-            cache_size=int(model.prompt_cache_size))
-        policy = cls(transformer, c.vae, encoder, vae_config=c.vae_config, height=model.height, width=model.width,
-                     compute_dtype=dtype, timestep_decimals=model.timestep_decimals)
-        policy.scheduler_config = c.scheduler_config
-        policy.shared_denoiser = denoiser is not None
-        return policy.to(device)
+        def encoder(c: qwen_image_folder.QwenImageComponents) -> qwen_image_folder.QwenImagePromptEncoder:
+            return qwen_image_folder.QwenImagePromptEncoder(c.tokenizer, c.text_encoder,
+                                                            max_sequence_length=model.max_sequence_length,
+                                                            cache_size=int(model.prompt_cache_size))
 
-    def base_view(self) -> "QwenImagePolicy":
-        if not self.lora:
-            raise ValueError("base_view needs a LoRA policy (model.lora_rank > 0)")
-        view = copy.copy(self)  # shares every module and the prompt cache
-        view.use_adapters = False
-        return view
+        return cls.from_pipeline_folder(model, qwen_image_folder, encoder, device, trainable, denoiser)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.latent_shape():
             raise ValueError(f"Qwen-Image policy: latents must be (batch, {', '.join(map(str, self.latent_shape()))}), "
                              f"got {tuple(x.shape)}")
-        timestep = sigma.to(self._device, torch.float32)
-        if self.timestep_decimals is not None:
-            scale = 10.0 ** self.timestep_decimals
-            timestep = torch.floor(timestep * scale) / scale
+        timestep = self.model_timestep(sigma)
         shapes = [[(1, self.latent_height // PATCH, self.latent_width // PATCH)]] * x.shape[0]
         with self._adapters(), self._autocast():  # inputs in float32, as FLUX's: autocast runs the compute dtype
             out = self.transformer(

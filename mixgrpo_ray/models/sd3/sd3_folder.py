@@ -18,18 +18,18 @@ CLIPs' projected text embeddings concatenated.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
 
+from mixgrpo_ray.models import pipeline_folder
 from mixgrpo_ray.models.flux.text import FluxPromptEncoder
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
               "tokenizer_3", "scheduler")
 DEFAULT_SD3_MODEL = "stabilityai/stable-diffusion-3.5-medium"
+DEFAULT_MODEL, PIPELINE = DEFAULT_SD3_MODEL, "StableDiffusion3Pipeline"
 
 
 @dataclass
@@ -43,19 +43,10 @@ class SD3Components:
 
 
 def check_folder(path: str) -> str:
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"SD3 model folder {path!r} does not exist; set model.path to a "
-                                f"StableDiffusion3Pipeline folder ({', '.join(SUBFOLDERS)})")
-    missing = [s for s in SUBFOLDERS if not (root / s).is_dir()]
-    if missing:
-        raise FileNotFoundError(f"SD3 model folder {path!r} lacks {', '.join(s + '/' for s in missing)} "
-                                "(StableDiffusion3Pipeline layout expected)")
-    return str(root)
+    return pipeline_folder.check_folder(path, SUBFOLDERS, PIPELINE, "SD3")
 
 
-def scheduler_config(path: str) -> dict:
-    return json.loads((Path(path) / "scheduler" / "scheduler_config.json").read_text())
+scheduler_config = pipeline_folder.scheduler_config
 
 
 def load_transformer(path: str, dtype: torch.dtype) -> torch.nn.Module:

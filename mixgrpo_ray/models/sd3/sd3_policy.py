@@ -18,14 +18,12 @@ LoRA, precision, offloading and prompt cache it shares):
 
 from __future__ import annotations
 
-import copy
 from typing import Optional
 
 import torch
 
 from mixgrpo_ray.config import ModelConfig
 from mixgrpo_ray.core.pipeline_schedules import pipeline_sigmas
-from mixgrpo_ray.models.flux import flux_folder, lora as flux_lora
 from mixgrpo_ray.models.flux.flux_policy import FluxPolicy
 from mixgrpo_ray.models.policy import Cond, Policy
 from mixgrpo_ray.models.sd3 import sd3_folder
@@ -46,50 +44,17 @@ class SD3Policy(FluxPolicy):
     def from_model_config(cls, model: ModelConfig, device: torch.device | str = "cpu", trainable: bool = True,
                           denoiser: Optional[torch.nn.Module] = None) -> "SD3Policy":
         """As :meth:`FluxPolicy.from_model_config`, for a StableDiffusion3Pipeline folder."""
-        device = torch.device(device)
-        dtype = flux_folder.compute_dtype(model.dtype, device)
-        if not model.path:
-            raise FileNotFoundError(f"model.kind=sd3 needs model.path: a StableDiffusion3Pipeline folder such as a "
-                                    f"local copy of {sd3_folder.DEFAULT_SD3_MODEL}")
-        lora = model.lora_rank > 0
-        master = torch.float32 if trainable and not lora else dtype
-        c = sd3_folder.load_components(model.path, master, dtype, frozen=not trainable, transformer=denoiser)
-        sd3_folder.check_compatible(c)
-        transformer = c.transformer
-        if denoiser is None and lora:
-            flux_lora.add_lora(transformer, model.lora_rank, model.lora_alpha, targets=SD3_LORA_TARGETS)
-            for _, p in flux_lora.lora_parameters(transformer):
-                p.data = p.data.to(torch.float32 if trainable else dtype)
-                p.requires_grad_(trainable)
-        elif denoiser is None:
-            transformer.requires_grad_(trainable)
-        if trainable and model.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
-        transformer.eval()
-        encoder = None if trainable else sd3_folder.SD3PromptEncoder(
-            c.tokenizers, c.encoders, max_sequence_length=model.max_sequence_length,
-            cache_size=int(model.prompt_cache_size))
-        policy = cls(transformer, c.vae, encoder, vae_config=c.vae_config, height=model.height, width=model.width,
-                     compute_dtype=dtype, timestep_decimals=model.timestep_decimals)
-        policy.scheduler_config = c.scheduler_config
-        policy.shared_denoiser = denoiser is not None
-        return policy.to(device)
+        def encoder(c: sd3_folder.SD3Components) -> sd3_folder.SD3PromptEncoder:
+            return sd3_folder.SD3PromptEncoder(c.tokenizers, c.encoders, max_sequence_length=model.max_sequence_length,
+                                               cache_size=int(model.prompt_cache_size))
 
-    def base_view(self) -> "SD3Policy":
-        if not self.lora:
-            raise ValueError("base_view needs a LoRA policy (model.lora_rank > 0)")
-        view = copy.copy(self)  # shares every module and the prompt cache
-        view.use_adapters = False
-        return view
+        return cls.from_pipeline_folder(model, sd3_folder, encoder, device, trainable, denoiser)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: Cond) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.latent_shape():
             raise ValueError(f"SD3 policy: latents must be (batch, {', '.join(map(str, self.latent_shape()))}), "
                              f"got {tuple(x.shape)}")
-        timestep = sigma.to(self._device, torch.float32)
-        if self.timestep_decimals is not None:
-            scale = 10.0 ** self.timestep_decimals
-            timestep = torch.floor(timestep * scale) / scale
+        timestep = self.model_timestep(sigma)
         with self._adapters(), self._autocast():  # inputs in float32, as FLUX's: autocast runs the compute dtype
             out = self.transformer(
                 hidden_states=x.to(self._device, torch.float32), timestep=timestep * 1000.0,
