@@ -79,6 +79,11 @@ class Config(Section):
                 f"sampling.tail={s.tail} (MixGRPO-Flash) is defined on MixGRPO's sigma grid, but model.kind={self.model.kind} samples "
                 "on its pipeline's (docs/algorithm.md §2.1); use sampling.tail=euler"
             )
+        if self.model.kind == "qwen_image" and not 1 <= self.model.max_sequence_length <= 1024:
+            raise line_error(
+                f"model.max_sequence_length={self.model.max_sequence_length}: QwenImagePipeline encodes at most 1024 "
+                "prompt tokens; use 1..1024 (the qwen_image preset's is 256)"
+            )
         if self.model.kind in ("flux", "sd3", "qwen_image") and self.model.dtype == "fp16":
             raise line_error(
                 f"model.dtype=fp16 is not supported for {self.model.kind.upper()}: its text encoder, the transformer and its VAE overflow in "

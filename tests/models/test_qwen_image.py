@@ -116,6 +116,8 @@ def test_presets_and_bad_tail_are_checked():
     assert (full.model.lora_rank, full.learner.strategy, full.run.placement) == (0, "fsdp", "colocated")
     with pytest.raises(ConfigError, match="use sampling.tail=euler"):
         resolve(["qwen_image", "mixgrpo_flash"], [])
+    with pytest.raises(ConfigError, match="encodes at most 1024 prompt tokens"):
+        resolve(["qwen_image"], ["model.max_sequence_length=2000"])
 
 
 @pytest.mark.parametrize("preset", ["qwen_image", "qwen_image_lora"])
